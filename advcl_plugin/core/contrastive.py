@@ -1,0 +1,137 @@
+"""Multi-view contrastive loss: eq. (5) of the AdvCL paper (eq. 4 for m = 2).
+
+Every embedding of every view is an anchor.  The positives of an anchor are the
+other ``m - 1`` views of the same image; the denominator runs over all other
+``m * B - 1`` embeddings of the (global) batch.  Per anchor the loss is minus the
+mean over its positives of the log-softmax of the cosine similarities divided by
+the temperature ``t``; anchors are averaged.  As in the authors' code (a
+supervised-contrastive loss without labels) the result is multiplied by
+``t / base_temperature`` (``0.5 / 0.07 ~ 7.14`` with the defaults).  With
+``base_temperature=None`` no factor is applied; eq. (5) itself sums instead of
+averaging over the ``m`` anchors and ``m - 1`` positives, which only multiplies
+the loss by the constant ``m * (m - 1)``.
+
+Example:
+    >>> import torch
+    >>> from advcl_plugin import MultiViewNTXentLoss
+    >>> loss_fn = MultiViewNTXentLoss(temperature=0.5)
+    >>> views = [torch.randn(8, 128) for _ in range(4)]   # m = 4 views of (B, d)
+    >>> loss = loss_fn(views)                            # scalar tensor
+    >>> loss.shape
+    torch.Size([])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advcl_plugin.core.distributed import gather_with_grad, rank, world_size
+
+__all__ = ["MultiViewNTXentLoss", "multi_view_contrastive_loss"]
+
+
+def multi_view_contrastive_loss(
+    views: Sequence[Tensor],
+    temperature: float = 0.5,
+    base_temperature: float | None = 0.07,
+    gather_distributed: bool = False,
+) -> Tensor:
+    """Multi-view NT-Xent loss of eq. (5), anchors from this process, negatives global.
+
+    Args:
+        views: ``m >= 2`` tensors of shape (B, d), view ``v`` of image ``i`` in row ``i``.
+            They are L2-normalised here.
+        temperature: t of eq. (5).
+        base_temperature: the loss is scaled by ``temperature / base_temperature``
+            (authors' code); ``None`` leaves it unscaled.
+        gather_distributed: gather the other processes' embeddings as extra
+            negatives (and positives of their own anchors), with gradients.
+
+    Returns:
+        Scalar tensor (float32 even under autocast).
+    """
+    if len(views) < 2:
+        raise ValueError(f"the multi-view contrastive loss needs at least 2 views, got {len(views)}")
+    shapes = {tuple(v.shape) for v in views}
+    if len(shapes) != 1 or views[0].dim() != 2:
+        raise ValueError(f"all views must have the same shape (B, d); got shapes {sorted(shapes)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    num_views = len(views)
+    batch = views[0].shape[0]
+
+    local = F.normalize(torch.stack(list(views)).float(), dim=-1)  # (m, B, d)
+    if gather_distributed and world_size() > 1:
+        # (m, B, d) -> (B, m, d) so that one gather keeps each image's views together.
+        everything = gather_with_grad(local.transpose(0, 1).contiguous()).transpose(0, 1)
+        offset = rank() * batch
+    else:
+        everything = local
+        offset = 0
+    total = everything.shape[1]  # global batch size N
+
+    anchors = local.reshape(num_views * batch, -1)  # (m B, d)
+    contrast = everything.reshape(num_views * total, -1)  # (m N, d)
+    logits = anchors @ contrast.T / temperature  # (m B, m N)
+
+    anchor_view = torch.arange(num_views, device=logits.device).repeat_interleave(batch)
+    anchor_image = torch.arange(batch, device=logits.device).repeat(num_views) + offset
+    self_column = anchor_view * total + anchor_image
+    logits = logits.masked_fill(F.one_hot(self_column, num_views * total).bool(), float("-inf"))
+    log_prob = torch.log_softmax(logits, dim=1).view(num_views * batch, num_views, total)
+    # Log-probability of the same image under every view, then drop the anchor's own view.
+    same_image = log_prob[torch.arange(num_views * batch, device=logits.device), :, anchor_image]
+    positives = same_image.masked_select(~F.one_hot(anchor_view, num_views).bool()).view(
+        num_views * batch, num_views - 1
+    )
+    loss = -positives.mean()
+    if base_temperature is not None:
+        loss = loss * (temperature / base_temperature)
+    return loss
+
+
+class MultiViewNTXentLoss(nn.Module):
+    """Multi-view NT-Xent loss, eq. (5), as an ``nn.Module`` (see the module docstring).
+
+    Args:
+        temperature: t of eq. (5); 0.5 in AdvCL.
+        base_temperature: scale ``temperature / base_temperature`` (0.07 in the
+            authors' code); ``None`` for the paper's unscaled form.
+        gather_distributed: use the global batch (all processes) for negatives.
+
+    Shapes:
+        ``forward(views)``: ``views`` is a sequence of m tensors (B, d); returns a scalar.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.5,
+        base_temperature: float | None = 0.07,
+        gather_distributed: bool = False,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if base_temperature is not None and base_temperature <= 0:
+            raise ValueError(f"base_temperature must be > 0 or None, got {base_temperature}")
+        self.temperature = temperature
+        self.base_temperature = base_temperature
+        self.gather_distributed = gather_distributed
+
+    def forward(self, views: Sequence[Tensor]) -> Tensor:
+        return multi_view_contrastive_loss(
+            views,
+            temperature=self.temperature,
+            base_temperature=self.base_temperature,
+            gather_distributed=self.gather_distributed,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={self.temperature}, base_temperature={self.base_temperature}, "
+            f"gather_distributed={self.gather_distributed}"
+        )

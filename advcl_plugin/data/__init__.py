@@ -1,0 +1,34 @@
+"""Datasets, offline copies and AdvCL's views."""
+
+from advcl_plugin.data.datasets import (
+    DATASETS,
+    ImageArrayDataset,
+    IndexedDataset,
+    SplitInfo,
+    align_pseudo_labels,
+    load_dataset,
+)
+from advcl_plugin.data.offline import DATA_DIR_ENV, OFFLINE_FILES, find_offline_data_dir, load_offline_arrays
+from advcl_plugin.data.transforms import (
+    AdvCLViews,
+    eval_transform,
+    original_view_transform,
+    strong_view_transform,
+)
+
+__all__ = [
+    "DATASETS",
+    "DATA_DIR_ENV",
+    "OFFLINE_FILES",
+    "AdvCLViews",
+    "ImageArrayDataset",
+    "IndexedDataset",
+    "SplitInfo",
+    "align_pseudo_labels",
+    "eval_transform",
+    "find_offline_data_dir",
+    "load_dataset",
+    "load_offline_arrays",
+    "original_view_transform",
+    "strong_view_transform",
+]
