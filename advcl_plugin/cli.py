@@ -1,29 +1,174 @@
-"""The ``advcl`` command line."""
+"""The ``advcl`` command line: pretrain, pseudo-labels, finetune, evaluate, export, report, demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 from advcl_plugin import __version__
+
+EPILOG = "Recipes: a YAML path or a shipped name (demo, cifar10, cifar100, transfer_cifar10_stl10, study/...)."
+
+
+def _recipe_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument("--config", "-c", default=default, required=default is None, help="recipe (YAML path or name)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. optim.epochs=10")
+
+
+def _load(args: argparse.Namespace):
+    from advcl_plugin.config import load_recipe
+
+    return load_recipe(args.config, args.overrides)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from advcl_plugin.training.pretrain import pretrain
+
+    summary = pretrain(_load(args), progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_pseudo_labels(args: argparse.Namespace) -> None:
+    from advcl_plugin.config import DataConfig
+    from advcl_plugin.pipeline import make_pseudo_labels
+
+    data = DataConfig(
+        dataset=args.dataset, root=args.root, download=args.download, data_dir=args.data_dir, limit=args.limit
+    )
+    result = make_pseudo_labels(
+        args.encoder,
+        data,
+        [int(k) for k in args.ks.split(",")],
+        args.out,
+        arch=args.arch,
+        width=args.width,
+        route=args.route,
+        image_size=args.image_size,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(f"wrote {args.out}: {result}")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from advcl_plugin.training.finetune import finetune
+
+    print(json.dumps(finetune(_load(args), args.mode, args.encoder, progress=not args.quiet), indent=2))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from advcl_plugin.training.evaluate import evaluate
+
+    result = evaluate(_load(args), args.mode, args.classifier, args.out, progress=not args.quiet)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from advcl_plugin.pipeline import export
+
+    print(f"wrote {export(args.checkpoint, args.out, route=args.route, plain=args.plain)}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from advcl_plugin.report import build_report
+
+    files = []
+    for item in args.inputs:
+        path = Path(item)
+        files += sorted(path.glob("eval-*.json")) if path.is_dir() else [path]
+    report = build_report(files, args.out)
+    print(report["markdown"])
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from advcl_plugin.pipeline import run_demo
+
+    run_demo(args.config, args.methods.split(","), args.overrides, progress=not args.quiet)
+
+
+def cmd_selfcheck(args: argparse.Namespace) -> None:
+    from advcl_plugin import selfcheck
+
+    selfcheck.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="advcl", description="AdvCL robust pretraining: pretrain, finetune, evaluate."
+        prog="advcl", description="AdvCL robust pretraining: pretrain, finetune, evaluate.", epilog=EPILOG
     )
     parser.add_argument("--version", action="version", version=f"advcl-plugin {__version__}")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser(
+        "pretrain", help="pretrain an encoder (AdvCL or a baseline) as a recipe says", epilog=EPILOG
+    )
+    _recipe_arguments(p)
+    p.set_defaults(handler=cmd_pretrain)
+
+    p = commands.add_parser("pseudo-labels", help="ClusterFit: k-means pseudo labels from any encoder")
+    p.add_argument("--encoder", required=True, help="encoder.pt, a pretraining .ckpt, or a plain state dict")
+    p.add_argument("--arch", default=None, help="network of a plain state dict (cifar_resnet18, resnet18, ...)")
+    p.add_argument("--width", type=int, default=64, help="width of a cifar_resnet18 state dict")
+    p.add_argument("--route", default=None, help="BN route of a pretraining checkpoint (default: the method's)")
+    p.add_argument("--dataset", required=True, help="dataset whose train split is clustered")
+    p.add_argument("--root", default="./data")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--data-dir", default=None, help="offline data folder (default: $ADVCL_DATA_DIR)")
+    p.add_argument("--limit", type=int, default=None, help="first N training images only")
+    p.add_argument("--image-size", type=int, default=None, help="resize images to this size")
+    p.add_argument("--ks", default="2,10,50,100,500", help="comma-separated cluster counts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output .npz")
+    p.set_defaults(handler=cmd_pseudo_labels)
+
+    p = commands.add_parser("finetune", help="SLF / ALF / AFF finetuning with lightly's harness", epilog=EPILOG)
+    _recipe_arguments(p)
+    p.add_argument("--mode", choices=("slf", "alf", "aff"), default="slf")
+    p.add_argument("--encoder", default=None, help="default: <run dir>/encoder.pt")
+    p.set_defaults(handler=cmd_finetune)
+
+    p = commands.add_parser("evaluate", help="SA, RA (PGD), AA (AutoAttack) and the eps / steps sweeps", epilog=EPILOG)
+    _recipe_arguments(p)
+    p.add_argument("--mode", choices=("slf", "alf", "aff"), default="slf")
+    p.add_argument("--classifier", default=None, help="default: <run dir>/finetune-<mode>/classifier.pt")
+    p.add_argument("--out", default=None, help="default: <run dir>/eval-<mode>.json")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = commands.add_parser("export", help="write the encoder with one BN route as ordinary BatchNorm")
+    p.add_argument("--checkpoint", required=True, help="pretraining .ckpt or encoder.pt")
+    p.add_argument("--route", default=None, help="BN route (default: the method's downstream route, pgd for AdvCL)")
+    p.add_argument("--plain", action="store_true", help="write only the state dict (torchvision/timm naming)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=cmd_export)
+
+    p = commands.add_parser("report", help="table, JSON and plots from evaluation results")
+    p.add_argument("inputs", nargs="+", help="eval-*.json files or run directories")
+    p.add_argument("--out", default="report", help="output folder")
+    p.set_defaults(handler=cmd_report)
+
+    p = commands.add_parser("demo", help="simclr, acl and advcl at one budget: pretrain, finetune, evaluate, report")
+    _recipe_arguments(p, default="demo")
+    p.add_argument("--methods", default="simclr,acl,advcl", help="comma-separated methods")
+    p.set_defaults(handler=cmd_demo)
+
     from advcl_plugin import selfcheck
 
-    check = commands.add_parser("selfcheck", help="a few AdvCL steps on real CIFAR-10 images, printing the loss terms")
-    selfcheck.add_arguments(check)
-    check.set_defaults(handler=selfcheck.run)
+    p = commands.add_parser("selfcheck", help="a few AdvCL steps on real CIFAR-10 images, printing the loss terms")
+    selfcheck.add_arguments(p)
+    p.set_defaults(handler=cmd_selfcheck)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.handler(args)
+    try:
+        args.handler(args)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"advcl {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

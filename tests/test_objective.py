@@ -141,3 +141,21 @@ def test_feature_dim_inferred_for_torchvision_backbone():
     assert torch.isfinite(loss)
     with bn_route(objective.backbone, "pgd"):
         assert objective.backbone(x).shape == (4, 512)
+
+
+def test_return_features_gives_the_clean_views_backbone_features():
+    optimised = make(steps=1)
+    naive = copy.deepcopy(optimised)
+    naive.naive = True
+    x, t1, t2, labels = batch()
+    outputs = [
+        o(x, t1, t2, labels, generator=torch.Generator().manual_seed(3), return_features=True)
+        for o in (optimised, naive)
+    ]
+    for _, _, features in outputs:
+        assert len(features) == 3 and features[0].shape == (8, optimised.feature_dim)
+    for a, b in zip(outputs[0][2], outputs[1][2]):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        expected = optimised.features(t1, "normal")
+    torch.testing.assert_close(outputs[0][2][0].detach(), expected, rtol=1e-4, atol=1e-5)

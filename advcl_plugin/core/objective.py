@@ -191,8 +191,14 @@ class AdvCLObjective(nn.Module):
         tau2: Tensor,
         pseudo_labels: Tensor | None = None,
         generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Compute eq. (9) + lambda * eq. (10) for one batch; see the class docstring."""
+        return_features: bool = False,
+    ) -> tuple[Tensor, dict[str, Tensor]] | tuple[Tensor, dict[str, Tensor], list[Tensor]]:
+        """Compute eq. (9) + lambda * eq. (10) for one batch; see the class docstring.
+
+        With ``return_features=True`` a third element holds the backbone features (B, d) of
+        the clean views in loss order (tau1, tau2, frequency views), e.g. for an online
+        linear probe; they are part of the autograd graph (detach them for a probe).
+        """
         if self.use_pseudo_labels:
             if pseudo_labels is None:
                 raise ValueError("pseudo_labels are required (or build the objective with use_pseudo_labels=False)")
@@ -204,9 +210,11 @@ class AdvCLObjective(nn.Module):
         for index, tensor in enumerate(attacked_clean):
             check_pixel_range(tensor, name=f"attacked input {index}")
 
+        clean_features: list[Tensor] | None = None
         clean_embeddings: list[Tensor] | None = None
         if not self.naive:
-            clean_embeddings = [self.project(view, self.clean_route) for view in clean_inputs]
+            clean_features = [self.features(view, self.clean_route) for view in clean_inputs]
+            clean_embeddings = [self.projection_head(f) for f in clean_features]
 
         logs: dict[str, Tensor] = {}
         if self.attack == "none":
@@ -216,10 +224,10 @@ class AdvCLObjective(nn.Module):
 
             def attack_loss(*perturbed: Tensor) -> Tensor:
                 if self.naive:  # the authors' loop: every input re-forwarded at every step
-                    contrastive, pseudo = self._losses(perturbed, clean_inputs, None, pseudo_labels, "sum")
+                    contrastive, pseudo, _ = self._losses(perturbed, clean_inputs, None, pseudo_labels, "sum")
                 else:
                     frozen = [z.detach() for z in clean_embeddings]  # type: ignore[union-attr]
-                    contrastive, pseudo = self._losses(perturbed, None, frozen, pseudo_labels, "sum")
+                    contrastive, pseudo, _ = self._losses(perturbed, None, frozen, pseudo_labels, "sum")
                 loss = advcl_loss(contrastive, pseudo, self.pseudo_label_weight)
                 last_attack_loss[:] = [loss.detach()]
                 return loss
@@ -233,7 +241,7 @@ class AdvCLObjective(nn.Module):
             logs["delta_abs_mean"] = deltas.mean().detach()
             logs["delta_abs_max"] = deltas.max().detach()
 
-        contrastive, pseudo = self._losses(
+        contrastive, pseudo, naive_features = self._losses(
             adversarial, clean_inputs if self.naive else None, clean_embeddings, pseudo_labels, "mean"
         )
         loss = advcl_loss(contrastive, pseudo, self.pseudo_label_weight)
@@ -241,6 +249,8 @@ class AdvCLObjective(nn.Module):
         if pseudo is not None:
             logs["pseudo_label_loss"] = pseudo.detach()
         logs["loss"] = loss.detach()
+        if return_features:
+            return loss, logs, clean_features if clean_features is not None else naive_features  # type: ignore[return-value]
         return loss, logs
 
     # ------------------------------------------------------------------ helpers
@@ -260,8 +270,9 @@ class AdvCLObjective(nn.Module):
         clean_embeddings: Sequence[Tensor] | None,
         pseudo_labels: Tensor | None,
         reduction: str,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Contrastive loss over [adversarial views, clean views] and the pseudo-label loss."""
+    ) -> tuple[Tensor, Tensor | None, list[Tensor] | None]:
+        """Contrastive loss over [adversarial views, clean views], the pseudo-label loss, and the
+        clean views' features when they were computed here (``clean_embeddings`` not given)."""
         adversarial = list(adversarial)
         x_ce = adversarial.pop() if self.use_pseudo_labels else None
         embeddings = [self.project(view, self.adversarial_route) for view in adversarial]
@@ -275,11 +286,13 @@ class AdvCLObjective(nn.Module):
                 pseudo_labels,
                 reduction,  # type: ignore[union-attr,arg-type]
             )
+        clean_features = None
         if clean_embeddings is None:
             assert clean_inputs is not None
-            clean_embeddings = [self.project(view, self.clean_route) for view in clean_inputs]
+            clean_features = [self.features(view, self.clean_route) for view in clean_inputs]
+            clean_embeddings = [self.projection_head(f) for f in clean_features]
         contrastive = self.contrastive_loss(embeddings + list(clean_embeddings))
-        return contrastive, pseudo
+        return contrastive, pseudo, clean_features
 
 
 def _infer_feature_dim(backbone: nn.Module) -> int:

@@ -1,5 +1,9 @@
 """CIFAR ResNet-18 encoder: 3x3 stride-1 stem, no max-pool, globally pooled features.
 
+Parameter names follow torchvision's ResNet (``conv1``, ``bn1``, ``layerN.M.downsample``),
+so a state dict of :func:`cifar_resnet18` (``width=64``) loads into
+:func:`torchvision_cifar_resnet18`, a torchvision ``resnet18`` with the CIFAR stem.
+
 Example:
     >>> import torch
     >>> from advcl_plugin import cifar_resnet18
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["CifarResNet", "cifar_resnet18"]
+__all__ = ["BACKBONES", "CifarResNet", "build_backbone", "cifar_resnet18", "torchvision_cifar_resnet18"]
 
 
 class BasicBlock(nn.Module):
@@ -25,9 +29,10 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut: nn.Module = nn.Identity()
+        # named as in torchvision, so that state dicts load into torchvision's ResNet
+        self.downsample: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
+            self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(out_channels),
             )
@@ -35,7 +40,7 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return self.relu(out + self.downsample(x))
 
 
 class CifarResNet(nn.Module):
@@ -90,3 +95,49 @@ def cifar_resnet18(width: int = 64, in_channels: int = 3) -> CifarResNet:
     enough for CPU tests and demos.
     """
     return CifarResNet((2, 2, 2, 2), width=width, in_channels=in_channels)
+
+
+def torchvision_cifar_resnet18() -> nn.Module:
+    """torchvision's ``resnet18`` with the CIFAR stem (3x3 stride-1 conv1, no max-pool) and ``fc``
+    replaced by ``Identity``: the same network as ``cifar_resnet18(width=64)``, whose state
+    dicts it loads strictly."""
+    import torchvision
+
+    model = torchvision.models.resnet18()
+    model.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    model.fc = nn.Identity()
+    model.feature_dim = 512  # type: ignore[assignment]
+    return model
+
+
+def _torchvision_backbone(name: str) -> nn.Module:
+    import torchvision
+
+    model = getattr(torchvision.models, name)()
+    feature_dim = model.fc.in_features
+    model.fc = nn.Identity()
+    model.feature_dim = feature_dim  # type: ignore[assignment]
+    return model
+
+
+#: backbone names accepted by :func:`build_backbone`
+BACKBONES = ("cifar_resnet18", "torchvision_cifar_resnet18", "resnet18", "resnet34", "resnet50")
+
+
+def build_backbone(arch: str = "cifar_resnet18", width: int = 64) -> nn.Module:
+    """Build an encoder returning pooled features, with a ``feature_dim`` attribute.
+
+    Args:
+        arch: ``"cifar_resnet18"`` (this package's, any ``width``),
+            ``"torchvision_cifar_resnet18"``, or a torchvision ImageNet ResNet
+            (``"resnet18"``, ``"resnet34"``, ``"resnet50"``; ``fc`` removed).
+        width: first-stage channels of ``cifar_resnet18``; ignored otherwise.
+    """
+    if arch == "cifar_resnet18":
+        return cifar_resnet18(width=width)
+    if arch == "torchvision_cifar_resnet18":
+        return torchvision_cifar_resnet18()
+    if arch in BACKBONES:
+        return _torchvision_backbone(arch)
+    raise ValueError(f"unknown backbone {arch!r}; choose from {list(BACKBONES)}")

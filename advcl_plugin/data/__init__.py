@@ -3,9 +3,12 @@
 from advcl_plugin.data.datasets import (
     DATASETS,
     ImageArrayDataset,
+    ImageFolderDataset,
     IndexedDataset,
+    LabeledImageDataset,
     SplitInfo,
     align_pseudo_labels,
+    dataset_image_size,
     load_dataset,
 )
 from advcl_plugin.data.offline import DATA_DIR_ENV, OFFLINE_FILES, find_offline_data_dir, load_offline_arrays
@@ -22,9 +25,12 @@ __all__ = [
     "OFFLINE_FILES",
     "AdvCLViews",
     "ImageArrayDataset",
+    "ImageFolderDataset",
     "IndexedDataset",
+    "LabeledImageDataset",
     "SplitInfo",
     "align_pseudo_labels",
+    "dataset_image_size",
     "eval_transform",
     "find_offline_data_dir",
     "load_dataset",

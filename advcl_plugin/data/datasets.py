@@ -1,8 +1,9 @@
-"""Datasets for AdvCL: CIFAR-10/100 through torchvision or from the offline copies.
+"""Labelled image datasets for AdvCL: torchvision CIFAR-10/100 and STL-10, the offline copies,
+and any ImageFolder.
 
-All of them become an :class:`ImageArrayDataset` (uint8 HWC images in memory) that
-knows, for every sample, its index in the official split (``source_index``), so that
-pseudo labels made for the full split can be looked up for a subset.
+Every dataset is a :class:`LabeledImageDataset`: items are ``(transform(PIL image), label)``,
+and each sample knows its index in the official split it comes from (``source_index``),
+so that pseudo labels made for the full split can be used with a subset.
 
 Example:
     >>> from advcl_plugin.data import load_dataset
@@ -16,6 +17,7 @@ import copy
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,20 +25,34 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from advcl_plugin.core.clusterfit import PseudoLabels
-from advcl_plugin.data.offline import OFFLINE_FILES, find_offline_data_dir, load_offline_arrays
+from advcl_plugin.data.offline import DATA_DIR_ENV, OFFLINE_FILES, find_offline_data_dir, load_offline_arrays
 
 __all__ = [
     "DATASETS",
     "ImageArrayDataset",
+    "ImageFolderDataset",
     "IndexedDataset",
+    "LabeledImageDataset",
     "SplitInfo",
     "align_pseudo_labels",
+    "dataset_image_size",
     "load_dataset",
 ]
 
-TORCHVISION_DATASETS = ("cifar10", "cifar100")
-#: every name accepted by :func:`load_dataset`
+TORCHVISION_DATASETS = ("cifar10", "cifar100", "stl10")
+FOLDER_PREFIX = "folder:"
+#: every name accepted by :func:`load_dataset` (plus ``folder:<path>`` for an ImageFolder)
 DATASETS = (*TORCHVISION_DATASETS, *OFFLINE_FILES)
+
+_OFFICIAL_SIZES = {
+    ("cifar10", "train"): 50000,
+    ("cifar10", "test"): 10000,
+    ("cifar100", "train"): 50000,
+    ("cifar100", "test"): 10000,
+    ("stl10", "train"): 5000,
+    ("stl10", "test"): 8000,
+    ("stl10", "unlabeled"): 100000,
+}
 
 
 @dataclass(frozen=True)
@@ -47,27 +63,19 @@ class SplitInfo:
     size: int
 
 
-_OFFICIAL_SIZES = {
-    ("cifar10", "train"): 50000,
-    ("cifar10", "test"): 10000,
-    ("cifar100", "train"): 50000,
-    ("cifar100", "test"): 10000,
-}
-
-
-class ImageArrayDataset(Dataset):
-    """Images held as a uint8 array (N, H, W, C); items are ``(transform(PIL image), label)``.
+class LabeledImageDataset(Dataset):
+    """Base class: items are ``(transform(PIL image), label)``; subclasses implement :meth:`image`.
 
     Attributes:
-        images, labels, source_index: arrays of length N.
+        labels, source_index: int64 arrays of length N (label -1 = unlabelled).
         split: the official split ``source_index`` refers to.
         name: dataset name, e.g. ``"cifar10-offline/train"``.
-        class_names: names of the classes.
+        class_names: names of the classes (or ``None``).
+        transform: applied to each PIL image.
     """
 
     def __init__(
         self,
-        images: np.ndarray,
         labels: np.ndarray,
         *,
         name: str,
@@ -76,49 +84,57 @@ class ImageArrayDataset(Dataset):
         class_names: Any = None,
         transform: Callable | None = None,
     ) -> None:
-        if images.ndim != 4 or images.dtype != np.uint8:
-            raise ValueError(f"images must be a uint8 array (N, H, W, C), got {images.dtype} {images.shape}")
-        if len(labels) != len(images):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.source_index = np.arange(len(images), dtype=np.int64) if source_index is None else np.asarray(source_index)
+        self.source_index = (
+            np.arange(len(self.labels), dtype=np.int64) if source_index is None else np.asarray(source_index)
+        )
+        if len(self.source_index) != len(self.labels):
+            raise ValueError(f"{len(self.labels)} labels but {len(self.source_index)} source indices")
         self.name = name
         self.split = split
-        self.class_names = list(class_names) if class_names is not None else None
+        self.class_names = [str(c) for c in class_names] if class_names is not None else None
         self.transform = transform
+
+    def image(self, index: int) -> Image.Image:
+        """The untransformed RGB image of sample ``index``."""
+        raise NotImplementedError
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names) if self.class_names else int(self.labels.max()) + 1
 
+    @property
+    def image_size(self) -> int:
+        """Side length of the (square) images; the first image's width for folders."""
+        return self.image(0).size[0]
+
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = Image.fromarray(self.images[index])
+        image = self.image(index)
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
 
-    def subset(self, indices: np.ndarray | list[int], transform: Callable | None = None) -> ImageArrayDataset:
-        """The samples at ``indices`` (keeping their source indices)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        return ImageArrayDataset(
-            self.images[indices],
-            self.labels[indices],
-            name=f"{self.name}[{len(indices)}]",
-            split=self.split,
-            source_index=self.source_index[indices],
-            class_names=self.class_names,
-            transform=transform if transform is not None else self.transform,
-        )
-
-    def with_transform(self, transform: Callable | None) -> ImageArrayDataset:
+    def with_transform(self, transform: Callable | None) -> LabeledImageDataset:
         """A shallow copy sharing the images, with another transform."""
         clone = copy.copy(self)
         clone.transform = transform
         return clone
+
+    def subset(self, indices: np.ndarray | list[int], name: str | None = None) -> LabeledImageDataset:
+        """The samples at ``indices``, keeping their source indices."""
+        indices = np.asarray(indices, dtype=np.int64)
+        clone = copy.copy(self)
+        clone._select(indices)
+        clone.labels = self.labels[indices]
+        clone.source_index = self.source_index[indices]
+        clone.name = name or f"{self.name}[{len(indices)}]"
+        return clone
+
+    def _select(self, indices: np.ndarray) -> None:
+        raise NotImplementedError
 
     @property
     def identity(self) -> str:
@@ -126,6 +142,52 @@ class ImageArrayDataset(Dataset):
         is that whole split in official order, else the dataset's own name."""
         full = len(self) == self.split.size and np.array_equal(self.source_index, np.arange(self.split.size))
         return self.split.name if full else self.name
+
+
+class ImageArrayDataset(LabeledImageDataset):
+    """Images held in memory as a uint8 array (N, H, W, C)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, **kwargs: Any) -> None:
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"images must be a uint8 array (N, H, W, C), got {images.dtype} {images.shape}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        super().__init__(labels, **kwargs)
+        self.images = images
+
+    def image(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[2])
+
+    def _select(self, indices: np.ndarray) -> None:
+        self.images = self.images[indices]
+
+
+class ImageFolderDataset(LabeledImageDataset):
+    """A torchvision ``ImageFolder`` (one sub-folder per class), images read from disk."""
+
+    def __init__(self, root: str | os.PathLike, name: str, transform: Callable | None = None) -> None:
+        from torchvision.datasets import ImageFolder
+
+        folder = ImageFolder(str(root))
+        self.samples = [path for path, _ in folder.samples]
+        super().__init__(
+            np.asarray(folder.targets),
+            name=name,
+            split=SplitInfo(name.replace("/", "-"), len(folder.samples)),  # the folder is its own split
+            class_names=folder.classes,
+            transform=transform,
+        )
+
+    def image(self, index: int) -> Image.Image:
+        with Image.open(self.samples[index]) as image:
+            return image.convert("RGB")
+
+    def _select(self, indices: np.ndarray) -> None:
+        self.samples = [self.samples[i] for i in indices]
 
 
 class IndexedDataset(Dataset):
@@ -142,6 +204,23 @@ class IndexedDataset(Dataset):
         return sample, label, index
 
 
+def _load_torchvision(name: str, split: str, root: str, download: bool) -> tuple[np.ndarray, np.ndarray, list]:
+    import torchvision
+
+    try:
+        if name == "stl10":
+            tv = torchvision.datasets.STL10(root=root, split=split, download=download)
+            return np.ascontiguousarray(tv.data.transpose(0, 2, 3, 1)), np.asarray(tv.labels), tv.classes
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        tv = cls(root=root, train=split == "train", download=download)
+        return np.asarray(tv.data, dtype=np.uint8), np.asarray(tv.targets), tv.classes
+    except RuntimeError as error:
+        raise FileNotFoundError(
+            f"{name} was not found under {root}: pass download=True (--download, or data.download=true in a "
+            f"recipe) to fetch it, or use an offline copy ({', '.join(OFFLINE_FILES)}) with {DATA_DIR_ENV} set"
+        ) from error
+
+
 def load_dataset(
     name: str,
     split: str = "train",
@@ -150,38 +229,39 @@ def load_dataset(
     download: bool = False,
     data_dir: str | os.PathLike | None = None,
     transform: Callable | None = None,
-) -> ImageArrayDataset:
-    """Load a dataset by name (see :data:`DATASETS`).
+) -> LabeledImageDataset:
+    """Load a dataset by name.
 
     Args:
-        name: ``"cifar10"`` / ``"cifar100"`` (torchvision layout under ``root``; set
-            ``download=True`` to fetch them) or an offline name
-            (``"cifar10-offline"``, ``"cifar10-jpeg-offline"``, ``"cifar100-offline"``).
-        split: ``"train"`` or ``"test"``.
+        name: ``"cifar10"``, ``"cifar100"``, ``"stl10"`` (torchvision's layout under ``root``;
+            ``download=True`` fetches them), an offline name (``"cifar10-offline"``,
+            ``"cifar10-jpeg-offline"``, ``"cifar100-offline"``) or ``"folder:<path>"``, an
+            ImageFolder whose ``<path>/<split>/<class>/`` sub-folders hold the images (``val`` is used
+            for ``test`` when there is no ``test`` folder).
+        split: ``"train"`` or ``"test"`` (STL-10 also ``"unlabeled"``, labels -1).
         root: torchvision dataset root.
         download: let torchvision download the dataset.
         data_dir: folder of the offline files (default ``$ADVCL_DATA_DIR``).
         transform: applied to each PIL image.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    valid_splits = ("train", "test", "unlabeled") if name == "stl10" else ("train", "test")
+    if split not in valid_splits:
+        raise ValueError(f"split must be one of {valid_splits} for {name!r}, got {split!r}")
+    if name.startswith(FOLDER_PREFIX):
+        folder = Path(name[len(FOLDER_PREFIX) :]).expanduser() / split
+        if split == "test" and not folder.is_dir() and folder.with_name("val").is_dir():
+            folder = folder.with_name("val")  # ImageFolder datasets often call their test split "val"
+        if not folder.is_dir():
+            raise FileNotFoundError(f"image folder {folder} does not exist (expected <path>/{split}/<class>/*)")
+        return ImageFolderDataset(folder, name=f"{name}/{split}", transform=transform)
     if name in TORCHVISION_DATASETS:
-        import torchvision
-
-        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        try:
-            tv = cls(root=str(root), train=split == "train", download=download)
-        except RuntimeError as error:
-            raise FileNotFoundError(
-                f"{name} was not found under {root}: pass download=True (--download) to fetch it, "
-                f"or use an offline copy ({', '.join(OFFLINE_FILES)}) with {'ADVCL_DATA_DIR'} set"
-            ) from error
+        images, labels, classes = _load_torchvision(name, split, str(root), download)
         return ImageArrayDataset(
-            np.asarray(tv.data, dtype=np.uint8),
-            np.asarray(tv.targets, dtype=np.int64),
+            images,
+            labels,
             name=f"{name}/{split}",
             split=SplitInfo(f"{name}-{split}", _OFFICIAL_SIZES[(name, split)]),
-            class_names=tv.classes,
+            class_names=classes,
             transform=transform,
         )
     if name in OFFLINE_FILES:
@@ -194,13 +274,18 @@ def load_dataset(
             name=f"{name}/{split}",
             split=SplitInfo(f"{family}-{split}", _OFFICIAL_SIZES[(family, split)]),
             source_index=arrays["source_index"],
-            class_names=[str(c) for c in arrays["class_names"]],
+            class_names=arrays["class_names"],
             transform=transform,
         )
-    raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
+    raise ValueError(f"unknown dataset {name!r}; choose from {[*DATASETS, FOLDER_PREFIX + '<path>']}")
 
 
-def align_pseudo_labels(labels: PseudoLabels, dataset: ImageArrayDataset) -> PseudoLabels:
+def dataset_image_size(name: str) -> int:
+    """Native image size of a named dataset (96 for STL-10, 32 for CIFAR)."""
+    return 96 if name == "stl10" else 32
+
+
+def align_pseudo_labels(labels: PseudoLabels, dataset: LabeledImageDataset) -> PseudoLabels:
     """Pseudo labels for the samples of ``dataset``, in its order.
 
     Accepts labels made for this very dataset, or for the whole official split that the

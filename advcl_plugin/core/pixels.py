@@ -1,0 +1,90 @@
+"""Keeping the attack in [0, 1] pixel space when a pipeline normalises images with mean/std.
+
+AdvCL's budget eps = 8/255 is in pixel units.  Frameworks that normalise images in the
+data pipeline (solo-learn always does) hand the model ``(x - mean) / std``; the attack
+must then run on ``x`` itself: un-normalise the batch, attack, and normalise again inside
+the model (:class:`NormalizedEncoder`).  ``random_padded_crop`` applies AdvCL's mild
+augmentation of the "original" view (RandomCrop with zero padding) to a batch on its device.
+
+Example:
+    >>> import torch
+    >>> from advcl_plugin.core.pixels import NormalizedEncoder, normalize, unnormalize
+    >>> mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    >>> pixels = torch.rand(2, 3, 8, 8)
+    >>> torch.allclose(unnormalize(normalize(pixels, mean, std), mean, std), pixels, atol=1e-6)
+    True
+    >>> encoder = NormalizedEncoder(torch.nn.Flatten(), mean, std)   # takes pixels, normalises inside
+    >>> encoder(pixels).shape
+    torch.Size([2, 192])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["NormalizedEncoder", "normalize", "random_padded_crop", "unnormalize"]
+
+
+def _stats(values: Sequence[float] | Tensor, like: Tensor) -> Tensor:
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+
+
+def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+    """(B, C, H, W) pixels in [0, 1] -> ``(x - mean) / std`` per channel."""
+    return (x - _stats(mean, x)) / _stats(std, x)
+
+
+def unnormalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+    """Inverse of :func:`normalize`: ``x * std + mean`` per channel.
+
+    Not clipped: if the statistics do not match the pipeline's, the result leaves [0, 1] and the
+    attack refuses it with a clear error instead of silently attacking the wrong pixels."""
+    return x * _stats(std, x) + _stats(mean, x)
+
+
+class NormalizedEncoder(nn.Module):
+    """Wraps an encoder that expects normalised images so that it takes pixels in [0, 1].
+
+    The wrapped ``encoder`` is shared, not copied: its parameters stay where they are.
+
+    Shapes:
+        (B, C, H, W) pixels -> whatever ``encoder`` returns.
+    """
+
+    def __init__(self, encoder: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.feature_dim = getattr(encoder, "feature_dim", None)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        mean = self.mean.to(device=pixels.device, dtype=pixels.dtype)
+        std = self.std.to(device=pixels.device, dtype=pixels.dtype)
+        return self.encoder((pixels - mean) / std)
+
+
+def random_padded_crop(x: Tensor, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:
+    """Per-image random crop of the zero-padded batch (torchvision's ``RandomCrop(size, padding)``).
+
+    Args:
+        x: (B, C, H, W) images in pixel space.
+        padding: zero padding on every side; each image is shifted by up to ``padding`` pixels.
+        generator: random generator (on ``x``'s device).
+
+    Returns:
+        (B, C, H, W) tensor.
+    """
+    if padding <= 0:
+        return x
+    batch, _, height, width = x.shape
+    padded = nn.functional.pad(x, (padding, padding, padding, padding))
+    shifts = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=x.device)
+    rows = shifts[0].view(-1, 1) + torch.arange(height, device=x.device)  # (B, H)
+    cols = shifts[1].view(-1, 1) + torch.arange(width, device=x.device)  # (B, W)
+    index = torch.arange(batch, device=x.device).view(-1, 1, 1)
+    cropped = padded.permute(0, 2, 3, 1)[index, rows.unsqueeze(2), cols.unsqueeze(1)]  # (B, H, W, C)
+    return cropped.permute(0, 3, 1, 2).contiguous(memory_format=torch.contiguous_format)

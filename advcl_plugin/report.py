@@ -1,0 +1,168 @@
+"""Reports: a JSON file, a Markdown table (SA / RA / AA per method and finetuning mode), plots of
+RA against eps and against PGD steps (the paper's Figure 3), and a t-SNE of test features
+(Figure 4).  Every report checks ``AA <= RA <= SA`` (on the same images) and that RA does not
+increase with eps or with the number of PGD steps; a violation is printed as a warning,
+since it is a sign of gradient masking.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["build_report", "robustness_checks"]
+
+
+class RobustnessCheckWarning(UserWarning):
+    """A metric ordering that a sound robustness evaluation should satisfy does not hold."""
+
+
+def robustness_checks(result: dict[str, Any]) -> list[str]:
+    """Violations of AA <= RA <= SA and of RA non-increasing in eps and in PGD steps."""
+    name = f"{result.get('method')}/{result.get('mode')}"
+    problems = []
+    if result["ra"] > result["sa"]:
+        problems.append(f"{name}: RA {result['ra']:.4f} > SA {result['sa']:.4f}")
+    if "aa" in result:
+        if result["aa"] > result["ra_aa_subset"]:
+            problems.append(
+                f"{name}: AA {result['aa']:.4f} > RA {result['ra_aa_subset']:.4f} "
+                f"on the same {result['aa_samples']} images"
+            )
+        if result["ra_aa_subset"] > result["sa_aa_subset"]:
+            problems.append(f"{name}: RA > SA on the AutoAttack subset")
+    for key, label in (("ra_vs_eps", "eps"), ("ra_vs_steps", "PGD steps")):
+        points = list(result.get(key, {}).items())
+        for (low, ra_low), (high, ra_high) in itertools.pairwise(points):
+            if ra_high > ra_low:
+                problems.append(
+                    f"{name}: RA rises with {label} ({low}: {ra_low:.4f} -> {high}: {ra_high:.4f}), "
+                    "a sign of gradient masking"
+                )
+    return problems
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def _markdown(results: list[dict[str, Any]], timings: dict[str, Any] | None, problems: list[str]) -> str:
+    lines = [
+        "| method | finetuning | SA (%) | RA (%) | AA (%) | RA / AA images | selection |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        aa = f"{_percent(r.get('aa'))}" if "aa" in r else "—"
+        counts = f"{r['samples']} / {r.get('aa_samples', 0)}"
+        lines.append(
+            f"| {r['method']} | {r['mode'].upper()} | {_percent(r['sa'])} | {_percent(r['ra'])} | {aa} | "
+            f"{counts} | {r['selection']} |"
+        )
+    first = results[0] if results else {}
+    lines += [
+        "",
+        f"RA: PGD-{first.get('pgd_steps')} at eps {first.get('eps', 0) * 255:g}/255 (step "
+        f"{first.get('step_size', 0) * 255:g}/255, random start); AA: AutoAttack (standard, L-inf) on the first "
+        "images of the test split; test set: " + str(first.get("dataset")),
+    ]
+    if timings:
+        lines += ["", "| stage | seconds |", "| --- | --- |"]
+        lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]
+    lines += ["", "Checks (AA <= RA <= SA, RA non-increasing in eps and steps): " + ("passed" if not problems else "")]
+    lines += [f"- WARNING: {p}" for p in problems]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_sweeps(results: list[dict[str, Any]], output_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key, xlabel, filename in (
+        ("ra_vs_eps", "eps (L-inf, x/255)", "ra_vs_eps.png"),
+        ("ra_vs_steps", "PGD steps", "ra_vs_steps.png"),
+    ):
+        curves = [(r, r[key]) for r in results if r.get(key)]
+        if not curves:
+            continue
+        figure, axis = plt.subplots(figsize=(4.5, 3.5))
+        for r, points in curves:
+            xs = [float(k.split("/")[0]) for k in points]
+            axis.plot(xs, [100 * v for v in points.values()], marker="o", label=f"{r['method']} ({r['mode'].upper()})")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(f"RA (%), {curves[0][0].get('sweep_samples')} test images")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        path = output_dir / filename
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def _plot_tsne(feature_files: Sequence[tuple[str, Path]], output_dir: Path, seed: int = 0) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    available = [(title, path) for title, path in feature_files if path.is_file()]
+    if not available:
+        return None
+    figure, axes = plt.subplots(1, len(available), figsize=(3.6 * len(available), 3.6), squeeze=False)
+    for axis, (title, path) in zip(axes[0], available, strict=True):
+        with np.load(path) as data:
+            features, labels = data["features"], data["labels"]
+        perplexity = min(30.0, max(2.0, (len(features) - 1) / 3))
+        embedding = TSNE(2, init="pca", random_state=seed, perplexity=perplexity).fit_transform(features)
+        axis.scatter(embedding[:, 0], embedding[:, 1], c=labels, cmap="tab10", s=4)
+        axis.set_title(title, fontsize=9)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.tight_layout()
+    path = output_dir / "tsne.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def build_report(
+    eval_files: Sequence[str | Path], output_dir: str | Path, timings: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """Collect evaluation JSON files into ``report.json``, ``report.md`` and the plots."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for file in eval_files:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"evaluation file {path} does not exist: run `advcl evaluate` first")
+        results.append(json.loads(path.read_text()) | {"file": str(path)})
+    if not results:
+        raise ValueError("no evaluation results to report")
+    problems = [problem for r in results for problem in robustness_checks(r)]
+    for problem in problems:
+        warnings.warn(problem, RobustnessCheckWarning, stacklevel=2)
+    plots = [str(p) for p in _plot_sweeps(results, output_dir)]
+    features = [
+        (f"{r['method']} ({r['mode'].upper()})", Path(r["file"]).with_name(f"features-{r['mode']}.npz"))
+        for r in results
+    ]
+    tsne = _plot_tsne(features, output_dir)
+    if tsne is not None:
+        plots.append(str(tsne))
+    markdown = _markdown(results, timings, problems)
+    (output_dir / "report.md").write_text(markdown)
+    report = {"results": results, "checks": problems, "plots": plots, "timings": timings or {}}
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2))
+    return report | {"markdown": markdown}

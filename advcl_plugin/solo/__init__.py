@@ -1,0 +1,41 @@
+"""solo-learn integration.
+
+``import advcl_plugin.solo`` registers ``advcl`` and the adversarial variants ``simclr_adv``,
+``byol_adv``, ``mocov2plus_adv`` and ``vicreg_adv`` in ``solo.methods.METHODS``, so that
+solo-learn's ``main_pretrain.py`` finds them by the ``method:`` key of a recipe.  The
+``advcl-solo`` launcher does this (and adapts solo-learn's defaults to current Lightning)
+before running solo-learn's own scripts.
+
+Requires solo-learn (installed from its source) and ``lightning``.
+"""
+
+from __future__ import annotations
+
+try:
+    import solo.methods
+except ImportError as error:  # pragma: no cover - exercised only without solo-learn
+    raise ImportError(
+        "advcl_plugin.solo needs solo-learn: install it from its source (see the README, 'Use with solo-learn')"
+    ) from error
+
+from advcl_plugin.solo.advcl import AdvCL
+from advcl_plugin.solo.adversarial import BYOLAdv, MoCoV2PlusAdv, SimCLRAdv, VICRegAdv
+
+#: methods this package adds to solo-learn
+METHODS = {
+    "advcl": AdvCL,
+    "simclr_adv": SimCLRAdv,
+    "byol_adv": BYOLAdv,
+    "mocov2plus_adv": MoCoV2PlusAdv,
+    "vicreg_adv": VICRegAdv,
+}
+
+
+def register() -> None:
+    """Add :data:`METHODS` to ``solo.methods.METHODS`` (idempotent)."""
+    solo.methods.METHODS.update(METHODS)
+
+
+register()
+
+__all__ = ["METHODS", "AdvCL", "BYOLAdv", "MoCoV2PlusAdv", "SimCLRAdv", "VICRegAdv", "register"]

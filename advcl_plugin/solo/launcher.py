@@ -1,0 +1,201 @@
+"""``advcl-solo``: run solo-learn's own scripts with this package's methods registered.
+
+    advcl-solo pretrain --config-path pkg://advcl_plugin.recipes.solo --config-name advcl_cifar10
+    advcl-solo linear --config-path ... --config-name ... pretrained_feature_extractor=<ckpt>
+    advcl-solo evaluate --checkpoint <linear ckpt> --dataset cifar10-offline ...
+
+solo-learn's scripts (``main_pretrain.py``, ``main_linear.py``) live at the root of its
+repository, not in the installed package: the launcher finds them through ``--solo-root``,
+``$SOLO_LEARN_ROOT``, or beside an editable/source install of ``solo``.  Before running a
+script it registers the methods (``import advcl_plugin.solo``) and adapts solo-learn 1.0.6's
+defaults to current Lightning (see :func:`apply_lightning_compat`); solo-learn itself is not
+modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["apply_lightning_compat", "find_solo_script", "main"]
+
+SCRIPTS = {"pretrain": "main_pretrain.py", "linear": "main_linear.py"}
+
+
+def find_solo_script(name: str, solo_root: str | None = None) -> Path:
+    """Path of solo-learn's ``main_pretrain.py`` / ``main_linear.py``."""
+    candidates = []
+    if solo_root:
+        candidates.append(Path(solo_root))
+    if os.environ.get("SOLO_LEARN_ROOT"):
+        candidates.append(Path(os.environ["SOLO_LEARN_ROOT"]))
+    try:
+        import solo
+
+        candidates.append(Path(solo.__file__).resolve().parent.parent)
+    except ImportError:
+        pass
+    for root in candidates:
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(
+        f"solo-learn's {name} was not found (looked in {[str(c) for c in candidates] or 'nothing'}): pass "
+        "--solo-root <solo-learn checkout> or set SOLO_LEARN_ROOT"
+    )
+
+
+def _wrap_parse_cfg(module: Any) -> None:
+    original = module.parse_cfg
+    if getattr(original, "_advcl_wrapped", False):
+        return
+
+    def parse_cfg(cfg: Any) -> Any:
+        devices = cfg.get("devices", 1)
+        # solo-learn computes len(cfg.devices); Lightning on CPU accepts only an integer count
+        count = devices if isinstance(devices, int) else (len(devices) if not isinstance(devices, str) else 1)
+        cfg.devices = list(range(count))
+        cfg = original(cfg)
+        cfg.devices = devices
+        if cfg.get("strategy") in (None, "none"):
+            cfg.strategy = "auto"  # Lightning 2.x has no strategy=None
+        return cfg
+
+    parse_cfg._advcl_wrapped = True  # type: ignore[attr-defined]
+    module.parse_cfg = parse_cfg
+
+
+def apply_lightning_compat() -> None:
+    """Adapt solo-learn 1.0.6 (written for Lightning 2.1 / torchmetrics < 0.12) to current releases.
+
+    * ``devices`` may be an integer (Lightning's CPU accelerator refuses a list; solo-learn takes
+      its length to scale the learning rate);
+    * a missing ``strategy`` becomes ``"auto"``;
+    * the k-NN metric passes ``compute_on_step``, which torchmetrics 1.x removed: it is dropped.
+    """
+    import inspect
+
+    import solo.args.linear
+    import solo.args.pretrain
+    import solo.utils.knn
+    from torchmetrics.metric import Metric
+
+    _wrap_parse_cfg(solo.args.pretrain)
+    _wrap_parse_cfg(solo.args.linear)
+    knn = solo.utils.knn.WeightedKNNClassifier
+    if "compute_on_step" not in inspect.signature(Metric.__init__).parameters and not getattr(knn, "_advcl", False):
+        original_init = knn.__init__
+
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            metric_init = Metric.__init__
+
+            def tolerant(metric: Any, *a: Any, compute_on_step: Any = None, **kw: Any) -> None:
+                metric_init(metric, *a, **kw)
+
+            Metric.__init__ = tolerant  # type: ignore[method-assign]
+            try:
+                original_init(self, *args, **kwargs)
+            finally:
+                Metric.__init__ = metric_init  # type: ignore[method-assign]
+
+        knn.__init__ = init  # type: ignore[method-assign]
+        knn._advcl = True  # type: ignore[attr-defined]
+
+
+def run_script(name: str, argv: list[str], solo_root: str | None = None) -> None:
+    """Run solo-learn's script ``name`` with ``argv`` (Hydra arguments) and the methods registered."""
+    script = find_solo_script(SCRIPTS[name], solo_root)
+    import advcl_plugin.solo  # noqa: F401  (registers the methods)
+
+    apply_lightning_compat()
+    sys.argv = [str(script), *argv]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    """Robust accuracy (SA, RA, AA) of a solo-learn linear checkpoint (backbone + classifier)."""
+    import json
+
+    import torch
+
+    from advcl_plugin.config import DataConfig, EvalConfig
+    from advcl_plugin.core.pixels import NormalizedEncoder
+    from advcl_plugin.training.data import evaluation_loader, load_split
+    from advcl_plugin.training.evaluate import evaluate_classifier
+
+    model = solo_linear_classifier(args.checkpoint, args.mean, args.std)
+    data = DataConfig(dataset=args.dataset, root=args.root, data_dir=args.data_dir, download=args.download)
+    test = load_split(data, "test")
+    loader = evaluation_loader(test, args.image_size or test.image_size, args.batch_size)
+    config = EvalConfig(samples=args.samples, aa_samples=args.aa_samples, eps_sweep=[], steps_sweep=[])
+    result = evaluate_classifier(model, loader, config, progress=not args.quiet)
+    result |= {"checkpoint": args.checkpoint, "dataset": test.name, "mean": args.mean, "std": args.std}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    del torch, NormalizedEncoder
+
+
+def solo_linear_classifier(checkpoint: str, mean: list[float], std: list[float]) -> Any:
+    """The classifier of a ``main_linear.py`` checkpoint as a module taking [0, 1] pixels."""
+    import torch
+    from torch import nn
+
+    from advcl_plugin.core.pixels import NormalizedEncoder
+
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = payload["hyper_parameters"]["cfg"] if "cfg" in payload.get("hyper_parameters", {}) else None
+    state = payload["state_dict"]
+    from solo.methods.base import BaseMethod
+
+    name = cfg["backbone"]["name"] if cfg else "resnet18"
+    backbone = BaseMethod._BACKBONES[name](method=cfg.get("pretrain_method") if cfg else None)
+    backbone.fc = nn.Identity()
+    if cfg and cfg["data"]["dataset"] in ("cifar10", "cifar100"):
+        backbone.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
+        backbone.maxpool = nn.Identity()
+    backbone.load_state_dict({k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")})
+    head = nn.Linear(state["classifier.weight"].shape[1], state["classifier.weight"].shape[0])
+    head.load_state_dict({"weight": state["classifier.weight"], "bias": state["classifier.bias"]})
+    model = nn.Sequential(NormalizedEncoder(backbone, mean, std), nn.Flatten(1), head)
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="advcl-solo",
+        description="Run solo-learn's scripts with AdvCL and the adversarial-view methods registered.",
+        epilog="Everything after the command is passed to solo-learn's script (Hydra arguments).",
+    )
+    parser.add_argument("command", choices=("pretrain", "linear", "evaluate"))
+    parser.add_argument("--solo-root", default=None, help="solo-learn checkout (default: $SOLO_LEARN_ROOT)")
+    known, rest = parser.parse_known_args(argv)
+    if known.command in SCRIPTS:
+        run_script(known.command, rest, known.solo_root)
+        return
+    evaluate = argparse.ArgumentParser(prog="advcl-solo evaluate")
+    evaluate.add_argument("--checkpoint", required=True, help="a main_linear.py checkpoint")
+    evaluate.add_argument("--dataset", default="cifar10")
+    evaluate.add_argument("--root", default="./datasets")
+    evaluate.add_argument("--download", action="store_true")
+    evaluate.add_argument("--data-dir", default=None)
+    evaluate.add_argument("--image-size", type=int, default=None)
+    evaluate.add_argument("--mean", type=float, nargs=3, default=[0.4914, 0.4822, 0.4465])
+    evaluate.add_argument("--std", type=float, nargs=3, default=[0.2470, 0.2435, 0.2616])
+    evaluate.add_argument("--samples", type=int, default=None)
+    evaluate.add_argument("--aa-samples", type=int, default=1000)
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--out", default=None)
+    evaluate.add_argument("--quiet", action="store_true")
+    import advcl_plugin.solo  # noqa: F401
+
+    _evaluate(evaluate.parse_args(rest))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Lightning training: pretraining, finetuning (lightly harness) and robust evaluation."""

@@ -1,0 +1,1 @@
+"""AdvCL recipes (YAML), shipped inside the package as ``advcl_plugin.recipes``."""
