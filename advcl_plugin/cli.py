@@ -52,6 +52,15 @@ def cmd_pseudo_labels(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {result}")
 
 
+def cmd_make_folder(args: argparse.Namespace) -> None:
+    from advcl_plugin.config import DataConfig
+    from advcl_plugin.pipeline import write_image_folder
+
+    data = DataConfig(dataset=args.dataset, root=args.root, download=args.download, data_dir=args.data_dir)
+    written = write_image_folder(data, args.out, args.train, args.test)
+    print(f"wrote {written} images under {args.out}")
+
+
 def cmd_finetune(args: argparse.Namespace) -> None:
     from advcl_plugin.training.finetune import finetune
 
@@ -123,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .npz")
     p.set_defaults(handler=cmd_pseudo_labels)
+
+    p = commands.add_parser("make-folder", help="write a dataset as an ImageFolder (train/, val/), e.g. for solo-learn")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root", default="./data")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--data-dir", default=None, help="offline data folder (default: $ADVCL_DATA_DIR)")
+    p.add_argument("--train", type=int, default=None, help="first N train images (default: all)")
+    p.add_argument("--test", type=int, default=None, help="first N test images (default: all)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=cmd_make_folder)
 
     p = commands.add_parser("finetune", help="SLF / ALF / AFF finetuning with lightly's harness", epilog=EPILOG)
     _recipe_arguments(p)

@@ -15,7 +15,7 @@ from advcl_plugin.data.transforms import eval_transform
 from advcl_plugin.training.data import load_split
 from advcl_plugin.training.encoders import ENCODER_FORMAT, load_encoder
 
-__all__ = ["export", "make_pseudo_labels", "run_demo"]
+__all__ = ["export", "make_pseudo_labels", "run_demo", "write_image_folder"]
 
 
 def make_pseudo_labels(
@@ -48,6 +48,23 @@ def make_pseudo_labels(
     )
     result.save(output)
     return result
+
+
+def write_image_folder(data: DataConfig, output: str | Path, train: int | None, test: int | None) -> dict[str, int]:
+    """Write the first ``train`` / ``test`` images of a dataset as an ImageFolder (``train/``, ``val/``),
+    e.g. for solo-learn's ``custom`` dataset. Returns the number of images written per split."""
+    output = Path(output)
+    written = {}
+    for split, folder, count in (("train", "train", train), ("test", "val", test)):
+        dataset = load_split(data, split)
+        total = len(dataset) if count is None else min(count, len(dataset))
+        names = dataset.class_names or [str(c) for c in range(dataset.num_classes)]
+        for index in range(total):
+            directory = output / folder / names[int(dataset.labels[index])]
+            directory.mkdir(parents=True, exist_ok=True)
+            dataset.image(index).save(directory / f"{index:05d}.png")
+        written[folder] = total
+    return written
 
 
 def export(checkpoint: str | Path, output: str | Path, route: str | None = None, plain: bool = False) -> Path:

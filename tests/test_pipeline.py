@@ -213,3 +213,31 @@ def test_pseudo_labels_from_own_encoder(run):
     advcl("pretrain", "-c", "demo", *TINY, "name=own-pl", "pseudo_labels.path=own.npz", "pseudo_labels.ks=[2,10]",
           cwd=cwd, env=env)  # fmt: skip
     assert (Path(cwd) / "runs/own-pl/encoder.pt").is_file()
+
+
+def test_make_folder_round_trips_through_the_folder_loader(tmp_path, data_dir):
+    from advcl_plugin.data import load_dataset
+
+    env = dict(os.environ, ADVCL_DATA_DIR=str(data_dir))
+    advcl(
+        "make-folder",
+        "--dataset",
+        "cifar10-offline",
+        "--train",
+        "12",
+        "--test",
+        "6",
+        "--out",
+        "f",
+        cwd=tmp_path,
+        env=env,
+    )
+    source = load_dataset("cifar10-offline", "train", data_dir=data_dir)
+    folder = load_dataset(f"folder:{tmp_path / 'f'}", "train")
+    test = load_dataset(f"folder:{tmp_path / 'f'}", "test")  # read from val/
+    assert len(folder) == 12 and len(test) == 6
+    # PNG is lossless: every written image is one of the source images, with its label
+    pixels = {source.images[i].tobytes(): int(source.labels[i]) for i in range(12)}
+    for i in range(len(folder)):
+        image = np.asarray(folder.image(i))
+        assert pixels[image.tobytes()] == source.class_names.index(folder.class_names[folder.labels[i]])

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 solo = pytest.importorskip(
     "solo", reason="solo-learn is not installed (it must be installed from its source; CI cannot) - skipping"
@@ -26,8 +25,10 @@ if not SOLO_ROOT or not (Path(SOLO_ROOT) / "main_pretrain.py").is_file():
     )
 
 from advcl_plugin import PseudoLabels, cluster_pseudo_labels  # noqa: E402
+from advcl_plugin.config import DataConfig  # noqa: E402
 from advcl_plugin.core.routed_bn import bn_route, export_bn_route  # noqa: E402
 from advcl_plugin.data import load_dataset  # noqa: E402
+from advcl_plugin.pipeline import write_image_folder  # noqa: E402
 
 PKG = "pkg://advcl_plugin.recipes.solo"
 
@@ -36,12 +37,7 @@ PKG = "pkg://advcl_plugin.recipes.solo"
 def folder(tmp_path_factory, data_dir):
     """A tiny ImageFolder (train/val) written from the exact-pixel CIFAR-10 copy, and pseudo labels for it."""
     root = tmp_path_factory.mktemp("solo")
-    for split, source, count in (("train", "train", 96), ("val", "test", 32)):
-        dataset = load_dataset("cifar10-offline", source, data_dir=data_dir)
-        for i in range(count):
-            directory = root / split / dataset.class_names[dataset.labels[i]]
-            directory.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(dataset.images[i]).save(directory / f"{i:04d}.png")
+    write_image_folder(DataConfig(dataset="cifar10-offline", data_dir=str(data_dir)), root, train=96, test=32)
     train = load_dataset(f"folder:{root}", "train")
     features = (
         train.images if hasattr(train, "images") else np.stack([np.asarray(train.image(i)) for i in range(len(train))])

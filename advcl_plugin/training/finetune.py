@@ -15,6 +15,7 @@ epoch is kept.  The test set is never used for selection.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,93 +24,20 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
-from lightly.utils.benchmarking import FinetuneClassifier, LinearClassifier
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
-from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from advcl_plugin.config import FinetuneConfig, Recipe
-from advcl_plugin.core.attack import pgd_linf
+from advcl_plugin.lightly.classifiers import AdversarialFinetuneClassifier, RobustLinearClassifier
 from advcl_plugin.training.checkpointing import AtomicCheckpointIO
 from advcl_plugin.training.data import load_split, target_image_size
 from advcl_plugin.training.encoders import RobustClassifier, load_encoder, save_classifier
 
-__all__ = ["AdversarialFinetuneClassifier", "RobustLinearClassifier", "finetune"]
+__all__ = ["finetune", "finetune_transform"]
 
 MODES = ("slf", "alf", "aff")
-
-
-def _attack(logits_fn: Any, images: Tensor, targets: Tensor, steps: int, eps: float, step_size: float) -> Tensor:
-    """PGD on the cross-entropy (summed over the batch, as the authors' script)."""
-    return pgd_linf(lambda z: F.cross_entropy(logits_fn(z), targets, reduction="sum"), images, eps, steps, step_size)
-
-
-class _RobustMixin:
-    """Adversarial training steps, robust validation and the authors' optimiser for lightly classifiers."""
-
-    config: FinetuneConfig
-    adversarial: bool
-    model: nn.Module
-    classification_head: nn.Module
-
-    def logits(self, images: Tensor) -> Tensor:
-        """Logits with gradients flowing to the input (lightly's LinearClassifier.forward has none)."""
-        return self.classification_head(self.model(images).flatten(1))
-
-    def _adversarial_examples(self, images: Tensor, targets: Tensor, steps: int) -> Tensor:
-        was_training = self.model.training
-        self.model.eval()  # attack with the encoder's running statistics
-        try:
-            return _attack(self.logits, images, targets, steps, self.config.attack_eps, self.config.attack_step_size)
-        finally:
-            self.model.train(was_training)
-
-    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        images, targets = batch[0], batch[1]
-        if self.adversarial:
-            images = self._adversarial_examples(images, targets, self.config.attack_steps)
-        return super().training_step((images, targets), batch_idx)  # type: ignore[misc]
-
-    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        loss = super().validation_step(batch, batch_idx)  # type: ignore[misc]
-        images, targets = batch[0], batch[1]
-        with torch.enable_grad():
-            adversarial = self._adversarial_examples(images, targets, self.config.val_attack_steps)
-        with torch.no_grad():
-            robust = (self.logits(adversarial).argmax(1) == targets).float().mean()
-        self.log("val_robust_top1", robust, prog_bar=True, batch_size=len(targets), sync_dist=True)  # type: ignore[attr-defined]
-        return loss
-
-    def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.SGD(
-            self.get_trainable_parameters(),  # type: ignore[attr-defined]
-            lr=self.config.lr,
-            momentum=self.config.momentum,
-            weight_decay=self.config.weight_decay,
-        )
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, self.config.milestones, self.config.gamma)
-        return [optimizer], [{"scheduler": scheduler, "interval": "epoch"}]
-
-
-class RobustLinearClassifier(_RobustMixin, LinearClassifier):
-    """SLF (``adversarial=False``) or ALF (``adversarial=True``) on a frozen encoder."""
-
-    def __init__(
-        self, model: nn.Module, feature_dim: int, num_classes: int, config: FinetuneConfig, adversarial: bool
-    ) -> None:
-        super().__init__(model, config.batch_size, config.lr, feature_dim, num_classes, topk=(1,))
-        self.config, self.adversarial = config, adversarial
-
-
-class AdversarialFinetuneClassifier(_RobustMixin, FinetuneClassifier):
-    """AFF: encoder and head trained on PGD examples."""
-
-    def __init__(self, model: nn.Module, feature_dim: int, num_classes: int, config: FinetuneConfig) -> None:
-        super().__init__(model, config.batch_size, config.lr, feature_dim, num_classes, topk=(1,))
-        self.config, self.adversarial = config, True
 
 
 def finetune_transform(image_size: int, native_size: int) -> T.Compose:
@@ -167,10 +95,11 @@ def finetune(
         drop_last=False,
     )
     feature_dim, num_classes = int(encoder_info["feature_dim"]), train.num_classes
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("epochs", "val_fraction")}
     if mode == "aff":
-        module: pl.LightningModule = AdversarialFinetuneClassifier(backbone, feature_dim, num_classes, config)
+        module: pl.LightningModule = AdversarialFinetuneClassifier(backbone, feature_dim, num_classes, **settings)
     else:
-        module = RobustLinearClassifier(backbone, feature_dim, num_classes, config, adversarial=mode == "alf")
+        module = RobustLinearClassifier(backbone, feature_dim, num_classes, adversarial=mode == "alf", **settings)
 
     callbacks = [ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", enable_version_counter=False)]
     if val_loader is not None:

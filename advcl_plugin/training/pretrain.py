@@ -55,6 +55,7 @@ class AdvCLPretrainModule(pl.LightningModule):
         self.recipe: Recipe = load_recipe(recipe)
         self.method = get_method(self.recipe.method)
         kwargs = dict(self.recipe.method_kwargs)
+        kwargs.setdefault("gather_distributed", True)  # global negatives under DDP (no effect on one process)
         if self.method.uses_pseudo_labels and "ks" not in self.method.objective_kwargs:
             kwargs.setdefault("ks", tuple(self.recipe.pseudo_labels.ks))
         backbone = build_backbone(self.recipe.model.arch, self.recipe.model.width)

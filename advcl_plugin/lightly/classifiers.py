@@ -1,0 +1,155 @@
+"""lightly's benchmarking classifiers for robust finetuning: SLF, ALF (``LinearClassifier``) and AFF
+(``FinetuneClassifier``), trained on PGD examples when adversarial and validated with PGD accuracy.
+
+Example:
+    >>> import torch
+    >>> from advcl_plugin import cifar_resnet18
+    >>> from advcl_plugin.lightly import RobustLinearClassifier
+    >>> classifier = RobustLinearClassifier(cifar_resnet18(width=8), feature_dim=64, num_classes=10)
+    >>> classifier.logits(torch.rand(2, 3, 32, 32)).shape            # gradients reach the input
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightly.utils.benchmarking import FinetuneClassifier, LinearClassifier
+from torch import Tensor, nn
+
+from advcl_plugin.core.attack import pgd_linf
+
+__all__ = ["AdversarialFinetuneClassifier", "RobustLinearClassifier"]
+
+
+class _RobustMixin:
+    """Adversarial training steps, robust validation and the authors' optimiser for lightly classifiers."""
+
+    model: nn.Module
+    classification_head: nn.Module
+
+    def _robust_settings(
+        self,
+        adversarial: bool,
+        momentum: float,
+        weight_decay: float,
+        milestones: Sequence[int],
+        gamma: float,
+        attack_eps: float,
+        attack_step_size: float,
+        attack_steps: int,
+        val_attack_steps: int,
+    ) -> None:
+        self.adversarial = adversarial
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.milestones, self.gamma = list(milestones), gamma
+        self.attack_eps, self.attack_step_size = attack_eps, attack_step_size
+        self.attack_steps, self.val_attack_steps = attack_steps, val_attack_steps
+
+    def logits(self, images: Tensor) -> Tensor:
+        """Logits with gradients flowing to the input (lightly's ``LinearClassifier.forward`` has none)."""
+        return self.classification_head(self.model(images).flatten(1))
+
+    def adversarial_examples(self, images: Tensor, targets: Tensor, steps: int) -> Tensor:
+        """PGD on the summed cross-entropy, with the encoder in eval mode (running BN statistics)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return pgd_linf(
+                lambda z: F.cross_entropy(self.logits(z), targets, reduction="sum"),
+                images,
+                self.attack_eps,
+                steps,
+                self.attack_step_size,
+            )
+        finally:
+            self.model.train(was_training)
+
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        images, targets = batch[0], batch[1]
+        if self.adversarial:
+            images = self.adversarial_examples(images, targets, self.attack_steps)
+        return super().training_step((images, targets), batch_idx)  # type: ignore[misc]
+
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        loss = super().validation_step(batch, batch_idx)  # type: ignore[misc]
+        images, targets = batch[0], batch[1]
+        with torch.enable_grad():  # the Trainer needs inference_mode=False for this
+            adversarial = self.adversarial_examples(images, targets, self.val_attack_steps)
+        with torch.no_grad():
+            robust = (self.logits(adversarial).argmax(1) == targets).float().mean()
+        self.log("val_robust_top1", robust, prog_bar=True, batch_size=len(targets), sync_dist=True)  # type: ignore[attr-defined]
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(
+            self.get_trainable_parameters(),  # type: ignore[attr-defined]
+            lr=self.lr,  # type: ignore[attr-defined]
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, self.milestones, self.gamma)
+        return [optimizer], [{"scheduler": scheduler, "interval": "epoch"}]
+
+
+class RobustLinearClassifier(_RobustMixin, LinearClassifier):
+    """lightly's ``LinearClassifier`` (frozen encoder in eval mode) for SLF, or ALF with ``adversarial=True``.
+
+    Defaults are the authors' SLF settings: SGD lr 0.01, momentum 0.9, weight decay 2e-4,
+    lr / 10 at epochs 15 and 20; PGD (ALF training: 10 steps, validation: ``val_attack_steps``)
+    at eps 8/255 with steps of 2/255.  Validation logs ``val_top1`` and ``val_robust_top1``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        *,
+        adversarial: bool = False,
+        batch_size: int = 512,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 2e-4,
+        milestones: Sequence[int] = (15, 20),
+        gamma: float = 0.1,
+        attack_eps: float = 8 / 255,
+        attack_step_size: float = 2 / 255,
+        attack_steps: int = 10,
+        val_attack_steps: int = 10,
+    ) -> None:
+        super().__init__(model, batch_size, lr, feature_dim, num_classes, topk=(1,))
+        self._robust_settings(
+            adversarial, momentum, weight_decay, milestones, gamma, attack_eps, attack_step_size, attack_steps,
+            val_attack_steps,
+        )  # fmt: skip
+
+
+class AdversarialFinetuneClassifier(_RobustMixin, FinetuneClassifier):
+    """lightly's ``FinetuneClassifier`` for AFF: encoder and head trained on PGD examples."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        *,
+        batch_size: int = 128,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 2e-4,
+        milestones: Sequence[int] = (15, 20),
+        gamma: float = 0.1,
+        attack_eps: float = 8 / 255,
+        attack_step_size: float = 2 / 255,
+        attack_steps: int = 10,
+        val_attack_steps: int = 10,
+    ) -> None:
+        super().__init__(model, batch_size, lr, feature_dim, num_classes, topk=(1,))
+        self._robust_settings(
+            True, momentum, weight_decay, milestones, gamma, attack_eps, attack_step_size, attack_steps,
+            val_attack_steps,
+        )  # fmt: skip
