@@ -97,6 +97,39 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.config, args.methods.split(","), args.overrides, progress=not args.quiet)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from advcl_plugin.bench import BenchConfig, attack_precision_check, default_configs, format_table, run_bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    bench = BenchConfig(
+        arch=args.arch,
+        width=args.width,
+        batch_size=args.batch_size,
+        device=device,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        configs=default_configs(bf16=not args.no_bf16, compile_=args.compile),
+    )
+    result = run_bench(bench, progress=not args.quiet)
+    if not args.no_bf16:
+        result["attack_precision"] = attack_precision_check(bench)
+    table = format_table(result)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        Path(args.out).with_suffix(".md").write_text(table + "\n")
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    from advcl_plugin.study import run_study
+
+    run_study(args.config, args.overrides, progress=not args.quiet)
+
+
 def cmd_selfcheck(args: argparse.Namespace) -> None:
     from advcl_plugin import selfcheck
 
@@ -172,6 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_arguments(p, default="demo")
     p.add_argument("--methods", default="simclr,acl,advcl", help="comma-separated methods")
     p.set_defaults(handler=cmd_demo)
+
+    p = commands.add_parser("study", help="every arm of a reduced-budget reproduction, then the paper's orderings")
+    _recipe_arguments(p, default="study/cpu")
+    p.set_defaults(handler=cmd_study)
+
+    p = commands.add_parser("bench", help="time the AdvCL step: optimised vs naive, fp32 vs bf16, vs SimCLR")
+    p.add_argument("--arch", default="cifar_resnet18")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds (one step of every configuration each)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-bf16", action="store_true", help="time fp32 only")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the backbone")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", default=None, help="write the results as JSON (and the table as .md)")
+    p.set_defaults(handler=cmd_bench)
 
     from advcl_plugin import selfcheck
 

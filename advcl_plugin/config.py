@@ -95,6 +95,7 @@ class TrainerConfig:
     precision: str = "32-true"  # "bf16-mixed" for bfloat16 autocast
     channels_last: bool = False
     max_epochs: int | None = None  # stop after this many epochs (train in chunks; the schedule keeps optim.epochs)
+    limit_train_batches: int | None = None  # batches per epoch (each epoch still shuffles the whole training set)
     save_every_n_epochs: int = 100  # keep a numbered checkpoint every N epochs (last.ckpt is written every epoch)
     log_every_n_steps: int = 10
     sync_batchnorm: bool = True  # with several devices
@@ -138,8 +139,8 @@ class EvalConfig:
     eps: float = 8 / 255
     step_size: float = 2 / 255
     pgd_steps: int = 20
-    samples: int | None = None  # SA/RA on the first N test images (null: all)
-    aa_samples: int | None = 1000  # AutoAttack on the first N (0: skip, null: all)
+    samples: int | None = None  # SA/RA on N evenly spaced test images (null: all)
+    aa_samples: int | None = 1000  # AutoAttack on N evenly spaced test images (0: skip, null: all)
     aa_version: str = "standard"
     eps_sweep: list[float] = field(default_factory=lambda: [2 / 255, 4 / 255, 8 / 255, 16 / 255])
     steps_sweep: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50])
@@ -155,6 +156,7 @@ class Recipe:
     method: str = "advcl"
     method_kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of AdvCLObjective's arguments
     seed: int = 0
+    attack_every: int = 1  # attack every k-th batch; the others use only the random start (cheaper, not the paper)
     output_dir: str = "runs"
     resume: str | None = "auto"  # "auto": continue from <run dir>/checkpoints/last.ckpt if present
     data: DataConfig = field(default_factory=DataConfig)
@@ -262,8 +264,9 @@ def _set_override(tree: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def available_recipes() -> list[str]:
-    """Names of the recipes shipped with the package (``demo``, ``cifar10``, ``study/...``)."""
+def available_recipes(studies: bool = False) -> list[str]:
+    """Names of the recipes shipped with the package (``demo``, ``cifar10``, ``study/base_cpu`` ...), or
+    with ``studies=True`` of the study files (``study/cpu`` ..., which list arms for ``advcl study``)."""
     root = resources.files("advcl_plugin.recipes")
     names = []
 
@@ -274,7 +277,9 @@ def available_recipes() -> list[str]:
             if child.is_dir():
                 walk(child, f"{prefix}{child.name}/")
             elif child.name.endswith(".yaml"):
-                names.append(prefix + child.name[: -len(".yaml")])
+                is_study = "arms" in (yaml.safe_load(child.read_text()) or {})
+                if is_study == studies:
+                    names.append(prefix + child.name[: -len(".yaml")])
 
     if root.is_dir():
         walk(root, "")
@@ -317,3 +322,5 @@ def _validate(recipe: Recipe) -> None:
         raise ValueError("optim.batch_size must be >= 2 (the contrastive loss needs negatives)")
     if recipe.optim.epochs < 1:
         raise ValueError("optim.epochs must be >= 1")
+    if recipe.attack_every < 1:
+        raise ValueError("attack_every must be >= 1")

@@ -68,8 +68,8 @@ def _markdown(results: list[dict[str, Any]], timings: dict[str, Any] | None, pro
     lines += [
         "",
         f"RA: PGD-{first.get('pgd_steps')} at eps {first.get('eps', 0) * 255:g}/255 (step "
-        f"{first.get('step_size', 0) * 255:g}/255, random start); AA: AutoAttack (standard, L-inf) on the first "
-        "images of the test split; test set: " + str(first.get("dataset")),
+        f"{first.get('step_size', 0) * 255:g}/255, random start); AA: AutoAttack (standard, L-inf) on evenly "
+        "spaced images of the test split; test set: " + str(first.get("dataset")),
     ]
     if timings:
         lines += ["", "| stage | seconds |", "| --- | --- |"]

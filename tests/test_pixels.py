@@ -38,3 +38,19 @@ def test_padded_crop_keeps_pixel_range(padding):
     x = torch.rand(5, 3, 32, 32)
     out = random_padded_crop(x, padding)
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+
+
+def test_evaluation_subset_is_evenly_spaced_and_deterministic():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from advcl_plugin.core.robustness import evaluation_subset
+
+    labels = torch.arange(10).repeat_interleave(10)  # stored class by class, like an ImageFolder
+    loader = DataLoader(TensorDataset(torch.zeros(100, 1), labels), batch_size=7)
+    subset = evaluation_subset(loader, 10)
+    picked = torch.cat([batch[1] for batch in subset])
+    assert len(picked) == 10 and sorted(set(picked.tolist())) == list(range(10))  # every class, not only class 0
+    assert torch.equal(picked, torch.cat([batch[1] for batch in evaluation_subset(loader, 10)]))
+    assert evaluation_subset(loader, None) is loader and evaluation_subset(loader, 500) is loader
+    with pytest.raises(ValueError, match="positive"):
+        evaluation_subset(loader, -1)

@@ -94,11 +94,13 @@ def test_main_pretrain_with_advcl_then_main_linear(folder, tmp_path):
 
     evaluation = solo_run(
         "evaluate", "--checkpoint", str(linear_ckpt), "--dataset", f"folder:{folder}", "--samples", "16",
-        "--aa-samples", "8", "--mean", "0.485", "0.456", "0.406", "--std", "0.229", "0.224", "0.225", "--quiet",
+        "--aa-samples", "8", "--quiet",
         "--out", str(tmp_path / "eval.json"), cwd=tmp_path,
     )  # fmt: skip
     result = json.loads((tmp_path / "eval.json").read_text())
     assert {"sa", "ra", "aa"} <= set(result) and result["samples"] == 16 and result["aa_samples"] == 8
+    # solo-learn's own validation pipeline for custom data (ImageNet statistics, 224 pixels) was used
+    assert result["solo_pipeline"] == "custom" and result["mean"] == pytest.approx([0.485, 0.456, 0.406], abs=1e-3)
     assert "ra" in evaluation.stdout
 
 

@@ -73,7 +73,10 @@ class AdvCLObjective(nn.Module):
         feature_dim: d, inferred from ``backbone.feature_dim`` or a dummy forward if omitted.
         ks: cluster counts of the default pseudo-label heads.
         projection_dim: output size of the default projection head (128).
-        eps, steps, step_size: L-inf PGD of the pretraining attack (8/255, 5, 2/255).
+        eps, steps, step_size: L-inf PGD of the pretraining attack (8/255, 5, 2/255). ``steps=1``
+            with ``step_size=1.25 * eps`` is the cheaper single-step attack with random start
+            (Wong et al., 2020); ``steps=0`` keeps only the random start.
+        random_start: start the attack from a uniform point of the eps-ball (authors: yes).
         radius: radius r of the frequency views (eq. 8).
         pseudo_label_weight: lambda of eq. (10) (0.2).
         temperature, base_temperature: of the contrastive loss (0.5 and 0.07, see
@@ -110,6 +113,7 @@ class AdvCLObjective(nn.Module):
         eps: float = 8 / 255,
         steps: int = 5,
         step_size: float = 2 / 255,
+        random_start: bool = True,
         radius: float = 8,
         pseudo_label_weight: float = 0.2,
         temperature: float = 0.5,
@@ -152,7 +156,7 @@ class AdvCLObjective(nn.Module):
             (pseudo_label_heads or PseudoLabelHeads(self.feature_dim, ks)) if use_pseudo_labels else None
         )
         self.contrastive_loss = MultiViewNTXentLoss(temperature, base_temperature, gather_distributed)
-        self.eps, self.steps, self.step_size = eps, steps, step_size
+        self.eps, self.steps, self.step_size, self.random_start = eps, steps, step_size, random_start
         self.radius = radius
         self.pseudo_label_weight = pseudo_label_weight
         self.frequency_views = tuple(frequency_views)
@@ -192,8 +196,12 @@ class AdvCLObjective(nn.Module):
         pseudo_labels: Tensor | None = None,
         generator: torch.Generator | None = None,
         return_features: bool = False,
+        steps: int | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]] | tuple[Tensor, dict[str, Tensor], list[Tensor]]:
         """Compute eq. (9) + lambda * eq. (10) for one batch; see the class docstring.
+
+        ``steps`` overrides the number of PGD steps for this batch (e.g. 0 on the batches that
+        "attack every k-th batch" skips: the views then get only the random start).
 
         With ``return_features=True`` a third element holds the backbone features (B, d) of
         the clean views in loss order (tau1, tau2, frequency views), e.g. for an online
@@ -217,29 +225,11 @@ class AdvCLObjective(nn.Module):
             clean_embeddings = [self.projection_head(f) for f in clean_features]
 
         logs: dict[str, Tensor] = {}
-        if self.attack == "none":
-            adversarial: tuple[Tensor, ...] = ()
-        else:
-            last_attack_loss: list[Tensor] = []
-
-            def attack_loss(*perturbed: Tensor) -> Tensor:
-                if self.naive:  # the authors' loop: every input re-forwarded at every step
-                    contrastive, pseudo, _ = self._losses(perturbed, clean_inputs, None, pseudo_labels, "sum")
-                else:
-                    frozen = [z.detach() for z in clean_embeddings]  # type: ignore[union-attr]
-                    contrastive, pseudo, _ = self._losses(perturbed, None, frozen, pseudo_labels, "sum")
-                loss = advcl_loss(contrastive, pseudo, self.pseudo_label_weight)
-                last_attack_loss[:] = [loss.detach()]
-                return loss
-
-            adversarial = pgd_linf(
-                attack_loss, attacked_clean, self.eps, self.steps, self.step_size, generator=generator
+        adversarial: tuple[Tensor, ...] = ()
+        if self.attack != "none":
+            adversarial = self._perturb(
+                attacked_clean, clean_inputs, clean_embeddings, pseudo_labels, generator, steps, logs
             )
-            if last_attack_loss:
-                logs["attack_loss"] = last_attack_loss[0]
-            deltas = torch.cat([(a - c).abs().flatten() for a, c in zip(adversarial, attacked_clean, strict=True)])
-            logs["delta_abs_mean"] = deltas.mean().detach()
-            logs["delta_abs_max"] = deltas.max().detach()
 
         contrastive, pseudo, naive_features = self._losses(
             adversarial, clean_inputs if self.naive else None, clean_embeddings, pseudo_labels, "mean"
@@ -253,7 +243,67 @@ class AdvCLObjective(nn.Module):
             return loss, logs, clean_features if clean_features is not None else naive_features  # type: ignore[return-value]
         return loss, logs
 
+    def perturb(
+        self,
+        x_orig: Tensor,
+        tau1: Tensor,
+        tau2: Tensor,
+        pseudo_labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        steps: int | None = None,
+    ) -> tuple[Tensor, ...]:
+        """Only the attack of :meth:`forward`: the adversarial inputs of this batch (``x_cl`` and, with
+        pseudo labels, ``x_ce``; ``tau1 + delta1``, ``tau2 + delta2`` for the paired attack)."""
+        if self.attack == "none":
+            return ()
+        clean_inputs = self.clean_views(x_orig, tau1, tau2)
+        clean_embeddings = None
+        if not self.naive:
+            with torch.no_grad():
+                clean_embeddings = [self.project(view, self.clean_route) for view in clean_inputs]
+        attacked_clean = self._attacked_inputs(x_orig, tau1, tau2)
+        return self._perturb(attacked_clean, clean_inputs, clean_embeddings, pseudo_labels, generator, steps, {})
+
     # ------------------------------------------------------------------ helpers
+    def _perturb(
+        self,
+        attacked_clean: list[Tensor],
+        clean_inputs: list[Tensor],
+        clean_embeddings: list[Tensor] | None,
+        pseudo_labels: Tensor | None,
+        generator: torch.Generator | None,
+        steps: int | None,
+        logs: dict[str, Tensor],
+    ) -> tuple[Tensor, ...]:
+        """Joint PGD on the attacked inputs ascending eq. (9) + lambda * eq. (10) (CE summed); fills ``logs``."""
+        last_attack_loss: list[Tensor] = []
+
+        def attack_loss(*perturbed: Tensor) -> Tensor:
+            if self.naive:  # the authors' loop: every input re-forwarded at every step
+                contrastive, pseudo, _ = self._losses(perturbed, clean_inputs, None, pseudo_labels, "sum")
+            else:
+                frozen = [z.detach() for z in clean_embeddings]  # type: ignore[union-attr]
+                contrastive, pseudo, _ = self._losses(perturbed, None, frozen, pseudo_labels, "sum")
+            loss = advcl_loss(contrastive, pseudo, self.pseudo_label_weight)
+            last_attack_loss[:] = [loss.detach()]
+            return loss
+
+        adversarial = pgd_linf(
+            attack_loss,
+            attacked_clean,
+            self.eps,
+            self.steps if steps is None else steps,
+            self.step_size,
+            self.random_start,
+            generator=generator,
+        )
+        if last_attack_loss:
+            logs["attack_loss"] = last_attack_loss[0]
+        deltas = torch.cat([(a - c).abs().flatten() for a, c in zip(adversarial, attacked_clean, strict=True)])
+        logs["delta_abs_mean"] = deltas.mean().detach()
+        logs["delta_abs_max"] = deltas.max().detach()
+        return adversarial
+
     def _attacked_inputs(self, x_orig: Tensor, tau1: Tensor, tau2: Tensor) -> list[Tensor]:
         """Clean starting points of the attack: contrastive ones first, then x_ce."""
         if self.attack == "none":

@@ -2,7 +2,7 @@
 
 RA uses PGD with random start on the summed cross-entropy (the authors' evaluation: 20 steps
 of 2/255 at eps 8/255); AA is the ``standard`` AutoAttack of Croce & Hein (``pyautoattack``).
-Metrics are computed on the first N images of a loader (deterministic), and SA and RA are
+Metrics are computed on N evenly spaced images of a loader (deterministic), and SA and RA are
 also reported on the AutoAttack subset so that ``AA <= RA <= SA`` can be checked on the same
 images.
 
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from advcl_plugin.core.attack import check_pixel_range, pgd_linf
 
-__all__ = ["autoattack_accuracy", "first_samples", "pgd_accuracy", "robustness_metrics"]
+__all__ = ["autoattack_accuracy", "evaluation_subset", "pgd_accuracy", "robustness_metrics"]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -39,12 +39,20 @@ def _device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def first_samples(loader: DataLoader, count: int | None) -> DataLoader:
-    """A loader over the first ``count`` samples of ``loader``'s dataset (all when ``None``)."""
+def evaluation_subset(loader: DataLoader, count: int | None) -> DataLoader:
+    """A loader over ``count`` evenly spaced samples of ``loader``'s dataset (all when ``None``).
+
+    Evenly spaced rather than the first N: deterministic, and representative also for datasets
+    stored class by class (ImageFolder); the same ``count`` always gives the same images.
+    """
     dataset = loader.dataset
-    if count is None or count >= len(dataset):  # type: ignore[arg-type]
+    size = len(dataset)  # type: ignore[arg-type]
+    if count is None or count >= size:
         return loader
-    return DataLoader(Subset(dataset, range(count)), batch_size=loader.batch_size, num_workers=loader.num_workers)
+    if count <= 0:
+        raise ValueError(f"the number of evaluation samples must be positive, got {count}")
+    indices = sorted({int(i) for i in torch.linspace(0, size - 1, count).round().tolist()})
+    return DataLoader(Subset(dataset, indices), batch_size=loader.batch_size, num_workers=loader.num_workers)
 
 
 def pgd_accuracy(
@@ -129,20 +137,21 @@ def robustness_metrics(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """SA and RA on the first ``samples`` images, AA on the first ``aa_samples`` (0 skips it), and RA
-    against eps and against the number of PGD steps on the first ``sweep_samples``."""
+    """SA and RA on ``samples`` test images, AA on ``aa_samples`` (0 skips it), and RA against eps and
+    against the number of PGD steps on ``sweep_samples`` (each an evenly spaced subset, see
+    :func:`evaluation_subset`)."""
     results: dict[str, Any] = {"eps": eps, "pgd_steps": pgd_steps, "step_size": step_size}
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
-    main = first_samples(loader, samples)
+    main = evaluation_subset(loader, samples)
     results["sa"], results["ra"] = pgd_accuracy(model, main, eps, pgd_steps, step_size, seed, progress, "SA/RA")
     results["samples"] = len(main.dataset)  # type: ignore[arg-type]
     timings["sa_ra"] = time.perf_counter() - started
 
     if aa_samples != 0:
         started = time.perf_counter()
-        subset = first_samples(loader, aa_samples)
+        subset = evaluation_subset(loader, aa_samples)
         results["aa_samples"] = len(subset.dataset)  # type: ignore[arg-type]
         results["sa_aa_subset"], results["ra_aa_subset"] = pgd_accuracy(
             model, subset, eps, pgd_steps, step_size, seed, progress, "RA (AA subset)"
@@ -152,7 +161,7 @@ def robustness_metrics(
 
     if eps_sweep or steps_sweep:
         started = time.perf_counter()
-        sweep = first_samples(loader, sweep_samples)
+        sweep = evaluation_subset(loader, sweep_samples)
         results["sweep_samples"] = len(sweep.dataset)  # type: ignore[arg-type]
         results["ra_vs_eps"] = {
             f"{e * 255:g}/255": pgd_accuracy(

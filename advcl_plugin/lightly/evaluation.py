@@ -36,7 +36,7 @@ def robust_linear_evaluation(
         backbone: encoder with ordinary BatchNorm (e.g. ``export_bn_route(backbone, "pgd")``).
         train, test: datasets of ``(image tensor in [0, 1], label)``; ``train`` augmented.
         epochs, batch_size, milestones: SLF schedule (authors: 25 epochs, batch 512, lr / 10 at 15, 20).
-        samples, aa_samples: test images for SA/RA and for AutoAttack (first N).
+        samples, aa_samples: numbers of (evenly spaced) test images for SA/RA and for AutoAttack.
         trainer_kwargs: extra ``pytorch_lightning.Trainer`` arguments.
 
     Returns:

@@ -115,43 +115,85 @@ def run_script(name: str, argv: list[str], solo_root: str | None = None) -> None
     runpy.run_path(str(script), run_name="__main__")
 
 
+def solo_validation_pipeline(dataset: str) -> tuple[Any, list[float], list[float]]:
+    """solo-learn's validation transform for ``dataset`` without its ``Normalize`` step (so images stay
+    in [0, 1] pixels), and the mean and std that step used."""
+    from solo.data.classification_dataloader import prepare_transforms
+    from torchvision import transforms
+
+    _, validation = prepare_transforms(dataset)
+    steps, mean, std = [], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    for step in validation.transforms:
+        if isinstance(step, transforms.Normalize):
+            mean, std = [float(v) for v in step.mean], [float(v) for v in step.std]
+        else:
+            steps.append(step)
+    return transforms.Compose(steps), mean, std
+
+
 def _evaluate(args: argparse.Namespace) -> None:
-    """Robust accuracy (SA, RA, AA) of a solo-learn linear checkpoint (backbone + classifier)."""
+    """SA, PGD RA and AutoAttack AA of a ``main_linear.py`` checkpoint, on the test images seen through
+    solo-learn's own validation pipeline (its resolution), attacked in [0, 1] pixels."""
     import json
 
-    import torch
+    from torch.utils.data import DataLoader
 
-    from advcl_plugin.config import DataConfig, EvalConfig
-    from advcl_plugin.core.pixels import NormalizedEncoder
-    from advcl_plugin.training.data import evaluation_loader, load_split
-    from advcl_plugin.training.evaluate import evaluate_classifier
+    from advcl_plugin.config import DataConfig
+    from advcl_plugin.core.robustness import robustness_metrics
+    from advcl_plugin.training.data import load_split
 
-    model = solo_linear_classifier(args.checkpoint, args.mean, args.std)
+    model, cfg = solo_linear_classifier(args.checkpoint)
+    solo_dataset = cfg["data"]["dataset"] if cfg else "cifar10"
+    transform, mean, std = solo_validation_pipeline(solo_dataset)
+    model[0].mean.copy_(torch_tensor(mean))
+    model[0].std.copy_(torch_tensor(std))
     data = DataConfig(dataset=args.dataset, root=args.root, data_dir=args.data_dir, download=args.download)
-    test = load_split(data, "test")
-    loader = evaluation_loader(test, args.image_size or test.image_size, args.batch_size)
-    config = EvalConfig(samples=args.samples, aa_samples=args.aa_samples, eps_sweep=[], steps_sweep=[])
-    result = evaluate_classifier(model, loader, config, progress=not args.quiet)
-    result |= {"checkpoint": args.checkpoint, "dataset": test.name, "mean": args.mean, "std": args.std}
+    test = load_split(data, "test").with_transform(transform)
+    result = robustness_metrics(
+        model,
+        DataLoader(test, batch_size=args.batch_size),
+        samples=args.samples,
+        aa_samples=args.aa_samples,
+        eps_sweep=(),
+        steps_sweep=(),
+        progress=not args.quiet,
+    )
+    result |= {
+        "checkpoint": args.checkpoint,
+        "dataset": test.name,
+        "solo_pipeline": solo_dataset,
+        "mean": mean,
+        "std": std,
+    }
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
         Path(args.out).write_text(text)
-    del torch, NormalizedEncoder
 
 
-def solo_linear_classifier(checkpoint: str, mean: list[float], std: list[float]) -> Any:
-    """The classifier of a ``main_linear.py`` checkpoint as a module taking [0, 1] pixels."""
+def torch_tensor(values: list[float]) -> Any:
     import torch
+
+    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
+
+
+def solo_linear_classifier(checkpoint: str) -> tuple[Any, dict | None]:
+    """The classifier of a ``main_linear.py`` checkpoint as ``Sequential(NormalizedEncoder, Flatten, Linear)``
+    taking [0, 1] pixels (the normalisation statistics are set by the caller), and its config."""
+    import torch
+    from solo.methods.base import BaseMethod
     from torch import nn
 
     from advcl_plugin.core.pixels import NormalizedEncoder
 
     payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    cfg = payload["hyper_parameters"]["cfg"] if "cfg" in payload.get("hyper_parameters", {}) else None
-    state = payload["state_dict"]
-    from solo.methods.base import BaseMethod
+    cfg = payload.get("hyper_parameters", {}).get("cfg")
+    arguments = Path(checkpoint).with_name("args.json")  # solo-learn's checkpointer saves the config there
+    if cfg is None and arguments.is_file():
+        import json
 
+        cfg = json.loads(arguments.read_text())
+    state = payload["state_dict"]
     name = cfg["backbone"]["name"] if cfg else "resnet18"
     backbone = BaseMethod._BACKBONES[name](method=cfg.get("pretrain_method") if cfg else None)
     backbone.fc = nn.Identity()
@@ -161,8 +203,8 @@ def solo_linear_classifier(checkpoint: str, mean: list[float], std: list[float])
     backbone.load_state_dict({k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")})
     head = nn.Linear(state["classifier.weight"].shape[1], state["classifier.weight"].shape[0])
     head.load_state_dict({"weight": state["classifier.weight"], "bias": state["classifier.bias"]})
-    model = nn.Sequential(NormalizedEncoder(backbone, mean, std), nn.Flatten(1), head)
-    return model.eval()
+    model = nn.Sequential(NormalizedEncoder(backbone, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]), nn.Flatten(1), head)
+    return model.eval(), cfg
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,13 +222,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     evaluate = argparse.ArgumentParser(prog="advcl-solo evaluate")
     evaluate.add_argument("--checkpoint", required=True, help="a main_linear.py checkpoint")
-    evaluate.add_argument("--dataset", default="cifar10")
+    evaluate.add_argument("--dataset", default="cifar10", help="advcl dataset name (cifar10, folder:<path>, ...)")
     evaluate.add_argument("--root", default="./datasets")
     evaluate.add_argument("--download", action="store_true")
     evaluate.add_argument("--data-dir", default=None)
-    evaluate.add_argument("--image-size", type=int, default=None)
-    evaluate.add_argument("--mean", type=float, nargs=3, default=[0.4914, 0.4822, 0.4465])
-    evaluate.add_argument("--std", type=float, nargs=3, default=[0.2470, 0.2435, 0.2616])
     evaluate.add_argument("--samples", type=int, default=None)
     evaluate.add_argument("--aa-samples", type=int, default=1000)
     evaluate.add_argument("--batch-size", type=int, default=256)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from advcl_plugin.config import EvalConfig, Recipe
-from advcl_plugin.core.robustness import first_samples, robustness_metrics
+from advcl_plugin.core.robustness import evaluation_subset, robustness_metrics
 from advcl_plugin.training.data import evaluation_loader, load_split
 from advcl_plugin.training.encoders import load_classifier
 
@@ -28,13 +28,13 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, config: EvalConfig
 
 
 def encoder_features(model: nn.Module, loader: DataLoader, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Encoder features and labels of the first ``count`` images (for the t-SNE plot)."""
+    """Encoder features and labels of ``count`` evenly spaced images (for the t-SNE plot)."""
     backbone = getattr(model, "backbone", model)
     backbone.eval()
     device = next(backbone.parameters()).device
     features, labels = [], []
     with torch.no_grad():
-        for images, targets in first_samples(loader, count):
+        for images, targets in evaluation_subset(loader, count):
             features.append(backbone(images.to(device)).flatten(1).cpu())
             labels.append(targets)
     return torch.cat(features).numpy(), torch.cat(labels).numpy()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,8 @@ class AdvCLPretrainModule(pl.LightningModule):
             labels = self.pseudo_labels[index]
         if self.recipe.trainer.channels_last:
             tau1, tau2, x_orig = (t.contiguous(memory_format=torch.channels_last) for t in (tau1, tau2, x_orig))
-        loss, logs = self.objective(x_orig, tau1, tau2, labels)
+        skip_attack = self.recipe.attack_every > 1 and batch_idx % self.recipe.attack_every != 0
+        loss, logs = self.objective(x_orig, tau1, tau2, labels, steps=0 if skip_attack else None)
         batch_size = x_orig.shape[0]
         # per step (every log_every_n_steps) and as epoch means ("..._epoch" columns of metrics.csv)
         self.log("loss", logs.pop("loss"), prog_bar=True, batch_size=batch_size, on_step=True, on_epoch=True)
@@ -168,17 +170,29 @@ def export_encoder(module: AdvCLPretrainModule, path: str | Path, route: str | N
 
 
 def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
-    """Lightning ``Trainer`` arguments shared by pretraining and finetuning."""
+    """Lightning ``Trainer`` arguments shared by pretraining and finetuning.
+
+    Batch norm is synchronised across processes (``SyncBatchNorm``, every route of the routed
+    layers) when there are several GPUs; PyTorch's SyncBatchNorm has no CPU implementation, so
+    CPU processes normalise their own batches (a warning says so).
+    """
     config = recipe.trainer
     devices = config.devices
     several = (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
+    distributed = several or config.num_nodes > 1
+    on_gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
+    sync = config.sync_batchnorm and distributed and on_gpu
+    if config.sync_batchnorm and distributed and not on_gpu:
+        warnings.warn(
+            "SyncBatchNorm needs GPUs: with several CPU processes each one normalises its own batch", stacklevel=2
+        )
     return {
         "accelerator": config.accelerator,
         "devices": devices,
         "num_nodes": config.num_nodes,
         "strategy": config.strategy,
         "precision": config.precision,
-        "sync_batchnorm": config.sync_batchnorm and (several or config.num_nodes > 1),
+        "sync_batchnorm": sync,
     }
 
 
@@ -234,6 +248,7 @@ def pretrain(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         enable_model_summary=False,
         log_every_n_steps=recipe.trainer.log_every_n_steps,
         num_sanity_val_steps=0,
+        limit_train_batches=recipe.trainer.limit_train_batches,
         **trainer_kwargs(recipe),
     )
     resume = _resume_path(recipe)

@@ -120,7 +120,10 @@ def main() -> None:
         epochs=args.linear_epochs, batch_size=256, milestones=(args.linear_epochs,), samples=args.test_samples,
         aa_samples=args.aa_samples, progress=False,
     )  # fmt: skip
-    result = {"train_loss": float(trainer.callback_metrics["loss"]), **{k: metrics[k] for k in ("sa", "ra", "aa")}}
+    result = {
+        "train_loss": float(trainer.callback_metrics["loss"]),
+        **{k: metrics[k] for k in ("sa", "ra", "sa_aa_subset", "ra_aa_subset", "aa")},
+    }
     print(json.dumps(result))
     Path(args.out).write_text(json.dumps(metrics, indent=2))
 

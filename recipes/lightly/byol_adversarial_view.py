@@ -107,7 +107,7 @@ def main() -> None:
         aa_samples=args.aa_samples, progress=False,
     )  # fmt: skip
     metrics_out = {k: float(trainer.callback_metrics[k]) for k in ("loss", "byol", "adversarial_view")}
-    print(json.dumps({**metrics_out, **{k: metrics[k] for k in ("sa", "ra", "aa")}}))
+    print(json.dumps({**metrics_out, **{k: metrics[k] for k in ("sa", "ra", "sa_aa_subset", "ra_aa_subset", "aa")}}))
     Path(args.out).write_text(json.dumps(metrics, indent=2))
 
 

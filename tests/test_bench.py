@@ -1,0 +1,57 @@
+"""`advcl bench` runs and reports every figure (the figures themselves are checked by reading them,
+not by a timed test)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from advcl_plugin import AdvCLObjective, cifar_resnet18
+from advcl_plugin.bench import BenchConfig, attack_precision_check
+
+
+def test_bench_command_reports_all_configurations(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "advcl_plugin.cli", "--quiet", "bench", "--width", "4", "--batch-size", "8",
+         "--rounds", "1", "--warmup", "0", "--out", str(tmp_path / "bench.json")],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    names = [row["config"] for row in data["rows"]]
+    assert names == [
+        "advcl naive fp32", "advcl optimised fp32", "simclr fp32",
+        "advcl naive bf16+cl", "advcl optimised bf16+cl", "simclr bf16+cl",
+    ]  # fmt: skip
+    for row in data["rows"]:
+        assert row["median_step_s"] > 0 and row["images_per_s"] > 0 and row["gflop_per_step"] > 0
+        assert row["peak_memory_mb"] >= 0
+    # the naive loop re-forwards the clean views at every attack step: more FLOPs per step
+    flops = {row["config"]: row["gflop_per_step"] for row in data["rows"]}
+    assert flops["advcl naive fp32"] > 1.2 * flops["advcl optimised fp32"] > 1.2 * flops["simclr fp32"]
+    assert {"optimised vs naive (fp32)", "bf16+cl optimised vs fp32 optimised"} <= set(data["ratios"])
+    assert 0.5 < data["attack_precision"]["delta_sign_agreement"] <= 1
+    assert "| advcl optimised fp32 |" in result.stdout and (tmp_path / "bench.md").is_file()
+
+
+def test_bf16_attack_stays_in_budget():
+    check = attack_precision_check(BenchConfig(width=4, batch_size=8))
+    assert check["delta_abs_max_bf16_x255"] <= 8 + 1e-3
+    assert check["loss_relative_difference"] < 0.05
+
+
+def test_cheaper_attack_options():
+    torch.manual_seed(0)
+    objective = AdvCLObjective(cifar_resnet18(width=4), ks=(2,), steps=3)
+    x, t1, t2 = (torch.rand(4, 3, 32, 32) for _ in range(3))
+    labels = torch.zeros(4, 1, dtype=torch.long)
+    _, logs = objective(x, t1, t2, labels, steps=0)  # a skipped batch: random start only
+    assert "attack_loss" not in logs and 0 < logs["delta_abs_max"] <= 8 / 255 + 1e-6
+    fixed = AdvCLObjective(cifar_resnet18(width=4), ks=(2,), steps=0, random_start=False)
+    _, logs = fixed(x, t1, t2, labels)
+    assert logs["delta_abs_max"] == 0
+    single = AdvCLObjective(cifar_resnet18(width=4), ks=(2,), steps=1, step_size=10 / 255)  # FGSM with random start
+    _, logs = single(x, t1, t2, labels)
+    assert logs["delta_abs_max"] <= 8 / 255 + 1e-6

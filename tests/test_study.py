@@ -1,0 +1,86 @@
+"""`advcl study` at tiny scale, and the verdicts on the paper's orderings."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from advcl_plugin.config import available_recipes, load_recipe
+from advcl_plugin.study import load_study, verdicts
+
+
+def test_shipped_studies_are_valid():
+    assert {"study/cpu", "study/gpu"} <= set(available_recipes(studies=True))
+    for name in ("study/cpu", "study/gpu"):
+        study = load_study(name)
+        names = [arm.name for arm in study.arms]
+        assert names == ["simclr", "acl", "advcl-no-hfc", "advcl-lfc", "advcl-no-pl", "advcl-k10", "advcl",
+                         "advcl-own-pl"]  # fmt: skip
+        assert study.aa_samples >= 500
+        base = load_recipe(study.base)
+        assert base.data.dataset == "cifar10-jpeg-offline"  # the full train split
+        assert base.eval_data().dataset == "cifar10-offline"  # exact pixels for the final numbers
+
+
+def test_verdicts_use_the_test_set_size():
+    def result(ra, n=1000):
+        return {"slf": {"ra": ra, "sa": 0.5, "samples": n}}
+
+    rows = verdicts({"advcl": result(0.30), "acl": result(0.20), "simclr": result(0.205)})
+    by_claim = {row["claim"]: row for row in rows}
+    assert by_claim["AdvCL > ACL in SLF RA"]["verdict"].startswith("holds")
+    assert by_claim["ACL > SimCLR in SLF RA"]["verdict"].startswith("inconclusive")  # 0.5 pts on 1,000 images
+    rows = verdicts({"advcl": result(0.10), "acl": result(0.20)})
+    assert rows[0]["verdict"].startswith("does not hold")
+
+
+def test_tiny_study_runs_and_continues(tmp_path, data_dir):
+    tiny = [
+        "model.width=4", "data.dataset=cifar10-offline", "data.limit=128", "optim.batch_size=64", "optim.epochs=1",
+        "trainer.limit_train_batches=null", "trainer.precision=32-true", "finetune.data.dataset=cifar10-offline",
+        "finetune.data.limit=128", "finetune.slf.epochs=1", "finetune.alf.epochs=1", "finetune.alf.attack_steps=1",
+        "evaluate.samples=32", "evaluate.sweep_samples=16", "evaluate.steps_sweep=[1,2]", "evaluate.tsne_samples=32",
+        "method_kwargs.steps=1", "pseudo_labels.ks=[2,10]",
+    ]  # fmt: skip
+    study = {
+        "name": "tiny",
+        "base": "study/base_cpu",
+        "overrides": tiny,
+        "aa_samples": 16,
+        "arms": [
+            {"name": "simclr", "method": "simclr", "autoattack": True},
+            {"name": "advcl", "method": "advcl", "modes": ["slf", "alf"], "autoattack": True},
+            {"name": "advcl-own-pl", "method": "advcl", "pseudo_labels_from": "simclr"},
+        ],
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(study))
+    env = dict(os.environ, ADVCL_DATA_DIR=str(data_dir))
+    command = [sys.executable, "-m", "advcl_plugin.cli", "--quiet", "study", "-c", "tiny.yaml"]
+    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-4000:]
+    report = json.loads((tmp_path / "runs/tiny-report/report.json").read_text())
+    claims = {row["claim"] for row in report["orderings"]}
+    assert "AdvCL > SimCLR in SLF RA" in claims and "authors' pseudo labels vs our ClusterFit ones (SLF RA)" in claims
+    assert report["per_arm"]["advcl"]["alf"]["ra"] >= 0 and "aa" in report["per_arm"]["simclr"]["slf"]
+    assert "aa" not in report["per_arm"]["advcl-own-pl"]["slf"]
+    labels = tmp_path / "runs/tiny-advcl-own-pl/clusterfit_pseudo_labels.npz"
+    assert labels.is_file()
+    markdown = (tmp_path / "runs/tiny-report/report.md").read_text()
+    assert "| paper | claim |" in markdown and "Budget:" in markdown
+    # a second run finds everything done and only rebuilds the report
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "=== tiny-advcl: SLF ===" not in second.stdout
+    assert ": ClusterFit pseudo labels from" not in second.stdout and ": pretraining (" not in second.stdout
+
+
+def test_study_rejects_bad_arm_order(tmp_path):
+    (tmp_path / "bad.yaml").write_text(
+        yaml.safe_dump({"name": "x", "base": "demo", "arms": [
+            {"name": "a", "method": "advcl", "pseudo_labels_from": "b"}, {"name": "b", "method": "simclr"}]})
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="an earlier arm"):
+        load_study(str(tmp_path / "bad.yaml"))
