@@ -2,7 +2,8 @@
 the table, the plots and a verdict on each of the paper's orderings.
 
 A study file (``recipes/study/*.yaml``) names a base recipe, overrides shared by all arms and
-the arms themselves: ``{name, method, overrides, modes, autoattack, pseudo_labels_from}``.
+the arms themselves: ``{name, method, overrides, modes, autoattack, pseudo_labels_from}``
+(``autoattack``: ``true`` for every mode of the arm, or a list of modes such as ``[slf]``).
 ``pseudo_labels_from: <arm>`` makes ClusterFit pseudo labels from that arm's encoder (e.g.
 this package's own SimCLR) instead of the recipe's file.  Re-running the command continues
 where it stopped (pretraining resumes; finished finetuning and evaluation are kept).
@@ -30,7 +31,7 @@ class StudyArm:
     method: str
     overrides: list[str] = field(default_factory=list)
     modes: list[str] = field(default_factory=lambda: ["slf"])
-    autoattack: bool = False
+    autoattack: Any = False  # true: AutoAttack in every mode; or a list of modes, e.g. [slf]
     pseudo_labels_from: str | None = None
 
 
@@ -69,6 +70,13 @@ def load_study(name_or_path: str) -> StudyConfig:
     if len(set(names)) != len(names):
         raise ValueError(f"arm names must be unique, got {names}")
     for index, arm in enumerate(study.arms):
+        if not isinstance(arm.autoattack, bool) and not (
+            isinstance(arm.autoattack, list) and set(arm.autoattack) <= set(arm.modes)
+        ):
+            raise ValueError(
+                f"arm {arm.name!r}: autoattack must be true, false or a list of its modes {arm.modes}, "
+                f"got {arm.autoattack!r}"
+            )
         if arm.pseudo_labels_from and arm.pseudo_labels_from not in names[:index]:
             raise ValueError(f"arm {arm.name!r} takes pseudo labels from {arm.pseudo_labels_from!r}, an earlier arm")
     return study
@@ -153,7 +161,6 @@ def run_study(name_or_path: str, overrides: list[str] | None = None, progress: b
                 f"name={run_name}",
                 f"seed={seed}",
                 f"finetune.modes=[{','.join(arm.modes)}]",
-                f"evaluate.aa_samples={study.aa_samples if arm.autoattack else 0}",
             ]
             recipe = load_recipe(study.base, arm_overrides)
             output_dir = Path(recipe.output_dir)
@@ -173,7 +180,8 @@ def run_study(name_or_path: str, overrides: list[str] | None = None, progress: b
                         progress=progress,
                     )  # fmt: skip
                     _record_timing(timings, recipe.run_dir, f"{run_name} clusterfit", time.perf_counter() - started)
-                recipe = load_recipe(study.base, [*arm_overrides, f"pseudo_labels.path={labels_path}"])
+                arm_overrides.append(f"pseudo_labels.path={labels_path}")
+                recipe = load_recipe(study.base, arm_overrides)
             summary_path = recipe.run_dir / "pretrain.json"
             summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
             finished = summary.get("epochs_done") == summary.get("epochs_planned") and "encoder" in summary
@@ -194,7 +202,12 @@ def run_study(name_or_path: str, overrides: list[str] | None = None, progress: b
                 if not evaluation.is_file():
                     print(f"=== {run_name}: evaluation ({mode.upper()}) ===", flush=True)
                     started = time.perf_counter()
-                    evaluate(recipe, mode, progress=progress)
+                    with_autoattack = arm.autoattack is True or (
+                        isinstance(arm.autoattack, list) and mode in arm.autoattack
+                    )
+                    aa_samples = study.aa_samples if with_autoattack else 0
+                    evaluate(load_recipe(study.base, [*arm_overrides, f"evaluate.aa_samples={aa_samples}"]), mode,
+                             progress=progress)  # fmt: skip
                     _record_timing(
                         timings, recipe.run_dir, f"{run_name} evaluate {mode}", time.perf_counter() - started
                     )

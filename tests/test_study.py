@@ -52,7 +52,7 @@ def test_tiny_study_runs_and_continues(tmp_path, data_dir):
         "aa_samples": 16,
         "arms": [
             {"name": "simclr", "method": "simclr", "autoattack": True},
-            {"name": "advcl", "method": "advcl", "modes": ["slf", "alf"], "autoattack": True},
+            {"name": "advcl", "method": "advcl", "modes": ["slf", "alf"], "autoattack": ["slf"]},
             {"name": "advcl-own-pl", "method": "advcl", "pseudo_labels_from": "simclr"},
         ],
     }
@@ -66,6 +66,7 @@ def test_tiny_study_runs_and_continues(tmp_path, data_dir):
     assert "AdvCL > SimCLR in SLF RA" in claims and "authors' pseudo labels vs our ClusterFit ones (SLF RA)" in claims
     assert report["per_arm"]["advcl"]["alf"]["ra"] >= 0 and "aa" in report["per_arm"]["simclr"]["slf"]
     assert "aa" not in report["per_arm"]["advcl-own-pl"]["slf"]
+    assert "aa" in report["per_arm"]["advcl"]["slf"] and "aa" not in report["per_arm"]["advcl"]["alf"]
     labels = tmp_path / "runs/tiny-advcl-own-pl/clusterfit_pseudo_labels.npz"
     assert labels.is_file()
     markdown = (tmp_path / "runs/tiny-report/report.md").read_text()
@@ -75,6 +76,14 @@ def test_tiny_study_runs_and_continues(tmp_path, data_dir):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "=== tiny-advcl: SLF ===" not in second.stdout
     assert ": ClusterFit pseudo labels from" not in second.stdout and ": pretraining (" not in second.stdout
+
+
+def test_study_rejects_autoattack_outside_the_arms_modes(tmp_path):
+    (tmp_path / "bad.yaml").write_text(
+        yaml.safe_dump({"name": "x", "base": "demo", "arms": [{"name": "a", "method": "advcl", "autoattack": ["alf"]}]})
+    )
+    with pytest.raises(ValueError, match="autoattack must be"):
+        load_study(str(tmp_path / "bad.yaml"))
 
 
 def test_study_rejects_bad_arm_order(tmp_path):
