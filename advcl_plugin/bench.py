@@ -267,9 +267,13 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
             print(f"round {round_index + 1}/{bench.rounds} done", file=sys.stderr, flush=True)
     device_name, peak = _gpu_peak(bench.device)
     rows = []
+    flop_counts: dict[tuple[str, bool, str], float] = {}  # precision and memory layout do not change the count
     for config in bench.configs:
         median = statistics.median(times[config.name])
-        flops = steps[config.name].flops()
+        math_key = (config.method, config.naive, json.dumps(config.objective_kwargs, sort_keys=True))
+        if math_key not in flop_counts:
+            flop_counts[math_key] = steps[config.name].flops()
+        flops = flop_counts[math_key]
         row = {
             "config": config.name,
             "median_step_s": median,

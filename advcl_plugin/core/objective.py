@@ -207,17 +207,7 @@ class AdvCLObjective(nn.Module):
         the clean views in loss order (tau1, tau2, frequency views), e.g. for an online
         linear probe; they are part of the autograd graph (detach them for a probe).
         """
-        if self.use_pseudo_labels:
-            if pseudo_labels is None:
-                raise ValueError("pseudo_labels are required (or build the objective with use_pseudo_labels=False)")
-            expected = (x_orig.shape[0], len(self.pseudo_label_heads.ks))  # type: ignore[union-attr]
-            if tuple(pseudo_labels.shape) != expected:
-                raise ValueError(f"pseudo_labels must have shape {expected}, got {tuple(pseudo_labels.shape)}")
-        clean_inputs = self.clean_views(x_orig, tau1, tau2)
-        attacked_clean = self._attacked_inputs(x_orig, tau1, tau2)
-        for index, tensor in enumerate(attacked_clean):
-            check_pixel_range(tensor, name=f"attacked input {index}")
-
+        clean_inputs, attacked_clean = self._checked_inputs(x_orig, tau1, tau2, pseudo_labels)
         clean_features: list[Tensor] | None = None
         clean_embeddings: list[Tensor] | None = None
         if not self.naive:
@@ -256,15 +246,30 @@ class AdvCLObjective(nn.Module):
         pseudo labels, ``x_ce``; ``tau1 + delta1``, ``tau2 + delta2`` for the paired attack)."""
         if self.attack == "none":
             return ()
-        clean_inputs = self.clean_views(x_orig, tau1, tau2)
+        clean_inputs, attacked_clean = self._checked_inputs(x_orig, tau1, tau2, pseudo_labels)
         clean_embeddings = None
         if not self.naive:
             with torch.no_grad():
                 clean_embeddings = [self.project(view, self.clean_route) for view in clean_inputs]
-        attacked_clean = self._attacked_inputs(x_orig, tau1, tau2)
         return self._perturb(attacked_clean, clean_inputs, clean_embeddings, pseudo_labels, generator, steps, {})
 
     # ------------------------------------------------------------------ helpers
+    def _checked_inputs(
+        self, x_orig: Tensor, tau1: Tensor, tau2: Tensor, pseudo_labels: Tensor | None
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The clean views and the attack's starting points of a batch, after checking the pseudo
+        labels' shape and that the attacked inputs are pixels in [0, 1]."""
+        if self.use_pseudo_labels:
+            if pseudo_labels is None:
+                raise ValueError("pseudo_labels are required (or build the objective with use_pseudo_labels=False)")
+            expected = (x_orig.shape[0], len(self.pseudo_label_heads.ks))  # type: ignore[union-attr]
+            if tuple(pseudo_labels.shape) != expected:
+                raise ValueError(f"pseudo_labels must have shape {expected}, got {tuple(pseudo_labels.shape)}")
+        attacked_clean = self._attacked_inputs(x_orig, tau1, tau2)
+        for index, tensor in enumerate(attacked_clean):
+            check_pixel_range(tensor, name=f"attacked input {index}")
+        return self.clean_views(x_orig, tau1, tau2), attacked_clean
+
     def _perturb(
         self,
         attacked_clean: list[Tensor],
