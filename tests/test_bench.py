@@ -9,12 +9,12 @@ import sys
 import torch
 
 from advcl_plugin import AdvCLObjective, cifar_resnet18
-from advcl_plugin.bench import BenchConfig, attack_precision_check
+from advcl_plugin.tools.bench import BenchConfig, attack_precision_check
 
 
 def test_bench_command_reports_all_configurations(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "advcl_plugin.cli", "--quiet", "bench", "--width", "4", "--batch-size", "8",
+        [sys.executable, "-m", "advcl_plugin.app.cli", "--quiet", "bench", "--width", "4", "--batch-size", "8",
          "--rounds", "1", "--warmup", "0", "--out", str(tmp_path / "bench.json")],
         capture_output=True, text=True, timeout=600, env=dict(os.environ),
     )  # fmt: skip

@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from advcl_plugin.config import available_recipes, load_recipe
-from advcl_plugin.training.schedule import lr_at, scaled_lr_factor
+from advcl_plugin.app.config import available_recipes, load_recipe
+from advcl_plugin.app.schedule import lr_at, scaled_lr_factor
 
 
 def test_shipped_recipes_load_with_paper_settings():
@@ -16,7 +16,7 @@ def test_shipped_recipes_load_with_paper_settings():
     assert paper.method == "advcl" and paper.model.width == 64
     assert (paper.optim.batch_size, paper.optim.epochs, paper.optim.lr) == (512, 1000, 0.5)
     assert paper.optim.weight_decay == 1e-4 and paper.optim.warmup_epochs == 10
-    assert paper.pseudo_labels.ks == [2, 10, 50, 100, 500]
+    assert paper.objective_config().ks == (2, 10, 50, 100, 500)
     assert paper.evaluate.eps == pytest.approx(8 / 255) and paper.evaluate.pgd_steps == 20
     assert paper.finetune.slf.milestones == [15, 20] and paper.finetune.slf.weight_decay == 2e-4
     transfer = load_recipe("transfer_cifar10_stl10")
@@ -27,6 +27,7 @@ def test_overrides_and_fractions():
     recipe = load_recipe("demo", ["optim.epochs=7", "evaluate.eps=4/255", "method_kwargs.steps=3", "data.limit=null"])
     assert recipe.optim.epochs == 7 and recipe.evaluate.eps == pytest.approx(4 / 255)
     assert recipe.method_kwargs == {"steps": 3} and recipe.data.limit is None
+    assert recipe.objective_config().steps == 3
     assert load_recipe({"name": "x", "evaluate": {"eps_sweep": ["2/255", 0.5]}}).evaluate.eps_sweep[0] == pytest.approx(
         2 / 255
     )
@@ -41,11 +42,23 @@ def test_overrides_and_fractions():
         (["finetune.modes=[slf,xyz]"], "finetune.modes"),
         (["optim.batch_size=1"], "batch_size must be >= 2"),
         (["data"], "key.sub=value"),
+        (["method_kwargs.epsilon=0.1"], r"unknown key\(s\) \['epsilon'\] in method_kwargs"),
+        (["method_kwargs.eps=abc"], "eps must be a number, got 'abc'"),
+        (["method_kwargs.eps=-0.1"], r"eps must lie in \[0, 1\]"),
+        (["method_kwargs.radius=0"], "radius must be > 0"),
+        (["optim.lr=-0.5"], r"optim.lr must be > 0"),
+        (["method=simclr", "method_kwargs.attack=advcl"], "fixes"),
     ],
 )
 def test_bad_recipes_get_one_clear_error(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_recipe("demo", overrides)
+
+
+def test_any_float_form_is_accepted():
+    recipe = load_recipe("demo", ["optim.weight_decay=5e-4", "optim.lr=1.0e-1", "method_kwargs.eps=4/255"])
+    assert recipe.optim.weight_decay == 5e-4 and recipe.optim.lr == 0.1
+    assert recipe.objective_config().eps == pytest.approx(4 / 255)
 
 
 def test_missing_recipe():

@@ -72,7 +72,7 @@ def test_lightning_ddp_on_two_cpu_processes(tmp_path, data_dir):
     """`advcl pretrain` with trainer.devices=2 trainer.strategy=ddp trains and checkpoints on CPU."""
     env = dict(os.environ, ADVCL_DATA_DIR=str(data_dir))
     result = subprocess.run(
-        [sys.executable, "-m", "advcl_plugin.cli", "--quiet", "pretrain", "-c", "demo", "name=ddp", "model.width=4",
+        [sys.executable, "-m", "advcl_plugin.app.cli", "--quiet", "pretrain", "-c", "demo", "name=ddp", "model.width=4",
          "data.limit=128", "optim.batch_size=16", "optim.epochs=1", "method_kwargs.steps=1",
          "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,

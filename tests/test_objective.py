@@ -3,8 +3,9 @@ import copy
 import pytest
 import torch
 
-from advcl_plugin import AdvCLObjective, MultiViewNTXentLoss, bn_route, cifar_resnet18, high_frequency
+from advcl_plugin import AdvCLConfig, AdvCLObjective, MultiViewNTXentLoss, bn_route, cifar_resnet18, high_frequency
 from advcl_plugin.core.routed_bn import routed_bn_layers
+from advcl_plugin.tools.reference_objective import ReferenceAdvCLObjective
 
 KS = (2, 10, 50, 100, 500)
 
@@ -16,19 +17,26 @@ def batch(b=8, seed=0):
     return x, t1, t2, labels
 
 
-def make(**kwargs):
+def make(cls=AdvCLObjective, **kwargs):
     torch.manual_seed(0)
-    return AdvCLObjective(cifar_resnet18(width=4), ks=KS, **kwargs)
+    return cls(cifar_resnet18(width=4), AdvCLConfig(ks=KS, **kwargs))
+
+
+def reference_copy(objective):
+    """The authors' loop with the same weights."""
+    reference = ReferenceAdvCLObjective(copy.deepcopy(objective.backbone), objective.config)
+    reference.load_state_dict(objective.state_dict())
+    return reference
 
 
 def test_optimised_and_naive_loops_agree():
     optimised = make(steps=3)
-    naive = copy.deepcopy(optimised)
-    naive.naive = True
+    naive = reference_copy(optimised)
     x, t1, t2, labels = batch()
     results = []
     for objective in (optimised, naive):
-        loss, logs = objective(x, t1, t2, labels, generator=torch.Generator().manual_seed(7))
+        out = objective(x, t1, t2, labels, generator=torch.Generator().manual_seed(7))
+        loss, logs = out.loss, out.logs
         loss.backward()
         results.append((loss, logs, {n: p.grad.clone() for n, p in objective.named_parameters() if p.grad is not None}))
     (loss_a, logs_a, grads_a), (loss_b, logs_b, grads_b) = results
@@ -40,19 +48,20 @@ def test_optimised_and_naive_loops_agree():
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-5, msg=name)
     # the downstream ("pgd") route sees the same forward passes in both loops
     for layer_a, layer_b in zip(routed_bn_layers(optimised.backbone), routed_bn_layers(naive.backbone)):
-        torch.testing.assert_close(layer_a.routes["pgd"].running_mean, layer_b.routes["pgd"].running_mean)
+        torch.testing.assert_close(layer_a.route_layer("pgd").running_mean, layer_b.route_layer("pgd").running_mean)
 
 
 def test_loss_is_eq9_plus_lambda_eq10_at_the_found_perturbation():
     objective = make(steps=2)
     x, t1, t2, labels = batch()
-    loss, logs = objective(x, t1, t2, labels, generator=torch.Generator().manual_seed(1))
+    out = objective(x, t1, t2, labels, generator=torch.Generator().manual_seed(1))
+    loss, logs = out.loss, out.logs
     assert logs["delta_abs_max"] <= 8 / 255 + 1e-6 and logs["delta_abs_mean"] > 0
     torch.testing.assert_close(loss, logs["contrastive_loss"] + 0.2 * logs["pseudo_label_loss"])
     # the training loss at the adversarial point exceeds the loss at delta = 0 (the attack ascends)
     clean = make(steps=0, eps=0.0)
     clean.load_state_dict(objective.state_dict())
-    clean_loss, _ = clean(x, t1, t2, labels)
+    clean_loss = clean(x, t1, t2, labels).loss
     assert loss > clean_loss
 
 
@@ -84,14 +93,15 @@ def count_views(objective, *args, **kwargs):
 def test_ablation_views(kwargs, views):
     objective = make(steps=1, **kwargs)
     x, t1, t2, labels = batch()
-    labels = labels if objective.use_pseudo_labels else None
+    labels = labels if objective.config.use_pseudo_labels else None
     assert count_views(objective, x, t1, t2, labels) == views
 
 
 def test_without_attack_equals_direct_computation():
     objective = make(attack="none", use_pseudo_labels=False)
     x, t1, t2, _ = batch()
-    loss, logs = objective(x, t1, t2)
+    out = objective(x, t1, t2)
+    loss, logs = out.loss, out.logs
     assert "attack_loss" not in logs
     with torch.no_grad():
         z = [objective.projection_head(objective.features(v, "normal")) for v in (t1, t2, high_frequency(x, 8))]
@@ -101,14 +111,15 @@ def test_without_attack_equals_direct_computation():
 def test_every_route_is_used():
     objective = make(steps=1)
     layer = routed_bn_layers(objective.backbone)[0]
-    before = {r: layer.routes[r].running_mean.clone() for r in layer.route_names}
+    before = {r: layer.route_layer(r).running_mean.clone() for r in layer.route_names}
     objective(*batch())
     for route in ("normal", "pgd", "pgd_ce"):
-        assert not torch.equal(layer.routes[route].running_mean, before[route]), route
+        assert not torch.equal(layer.route_layer(route).running_mean, before[route]), route
 
 
 def test_converts_plain_backbone_with_needed_routes_only():
-    objective = AdvCLObjective(cifar_resnet18(width=4), attack="none", use_pseudo_labels=False)
+    config = AdvCLConfig(attack="none", use_pseudo_labels=False, frequency_views=())
+    objective = AdvCLObjective(cifar_resnet18(width=4), config)
     assert routed_bn_layers(objective.backbone)[0].route_names == ("normal",)
     with pytest.raises(ValueError, match="lacks routes"):
         AdvCLObjective(objective.backbone)
@@ -127,6 +138,8 @@ def test_input_errors():
         make(attack="none")
     with pytest.raises(ValueError, match="frequency_views"):
         make(frequency_views=("mid",))
+    with pytest.raises(TypeError, match="AdvCLConfig"):
+        AdvCLObjective(cifar_resnet18(width=4), {"steps": 2})
 
 
 def test_feature_dim_inferred_for_torchvision_backbone():
@@ -134,28 +147,38 @@ def test_feature_dim_inferred_for_torchvision_backbone():
 
     backbone = torchvision.models.resnet18()
     backbone.fc = torch.nn.Identity()
-    objective = AdvCLObjective(backbone, ks=(2, 10), steps=1)
+    objective = AdvCLObjective(backbone, AdvCLConfig(ks=(2, 10), steps=1))
     assert objective.feature_dim == 512
     x, t1, t2, _ = batch(4)
-    loss, _ = objective(x, t1, t2, torch.zeros(4, 2, dtype=torch.long))
+    loss = objective(x, t1, t2, torch.zeros(4, 2, dtype=torch.long)).loss
     assert torch.isfinite(loss)
     with bn_route(objective.backbone, "pgd"):
         assert objective.backbone(x).shape == (4, 512)
 
 
-def test_return_features_gives_the_clean_views_backbone_features():
+def test_output_gives_the_clean_views_backbone_features():
     optimised = make(steps=1)
-    naive = copy.deepcopy(optimised)
-    naive.naive = True
+    naive = reference_copy(optimised)
     x, t1, t2, labels = batch()
-    outputs = [
-        o(x, t1, t2, labels, generator=torch.Generator().manual_seed(3), return_features=True)
-        for o in (optimised, naive)
-    ]
-    for _, _, features in outputs:
-        assert len(features) == 3 and features[0].shape == (8, optimised.feature_dim)
-    for a, b in zip(outputs[0][2], outputs[1][2]):
+    outputs = [o(x, t1, t2, labels, generator=torch.Generator().manual_seed(3)) for o in (optimised, naive)]
+    for out in outputs:
+        assert len(out.clean_features) == 3 and out.clean_features[0].shape == (8, optimised.feature_dim)
+        assert len(out.adversarial) == 2 and out.adversarial[0].shape == x.shape
+    for a, b in zip(outputs[0].clean_features, outputs[1].clean_features):
         torch.testing.assert_close(a, b)
     with torch.no_grad():
         expected = optimised.features(t1, "normal")
-    torch.testing.assert_close(outputs[0][2][0].detach(), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outputs[0].clean_features[0].detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_feature_maps_are_refused():
+    class Maps(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    with pytest.raises(ValueError, match="pooled features"):
+        AdvCLObjective(Maps(), AdvCLConfig(ks=(2,), steps=1))

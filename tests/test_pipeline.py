@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from advcl_plugin import PseudoLabels, bn_route, cifar_resnet18
-from advcl_plugin.report import build_report, robustness_checks
-from advcl_plugin.training.encoders import load_classifier, load_encoder
-from advcl_plugin.training.pretrain import AdvCLPretrainModule
+from advcl_plugin.app.report import build_report, robustness_checks
+from advcl_plugin.app.artifacts import load_classifier, load_encoder
+from advcl_plugin.app.lightning import AdvCLPretrainModule
 
 TINY = [
     "model.width=4",
@@ -42,7 +42,7 @@ TINY = [
 
 def advcl(*args, cwd, env=None, check=True):
     result = subprocess.run(
-        [sys.executable, "-m", "advcl_plugin.cli", "--quiet", *args],
+        [sys.executable, "-m", "advcl_plugin.app.cli", "--quiet", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -154,7 +154,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, data_dir):
     args = ["pretrain", "-c", "demo", *[o for o in TINY if not o.startswith("optim.epochs")], "optim.epochs=4"]
     advcl(*args, "name=whole", cwd=tmp_path, env=env)
     process = subprocess.Popen(
-        [sys.executable, "-m", "advcl_plugin.cli", "--quiet", *args, "name=killed"],
+        [sys.executable, "-m", "advcl_plugin.app.cli", "--quiet", *args, "name=killed"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,

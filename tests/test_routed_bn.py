@@ -8,7 +8,13 @@ from advcl_plugin import (
     cifar_resnet18,
     convert_to_multi_bn,
     export_bn_route,
+    plain_state_dict,
     routed_bn_layers,
+)
+from advcl_plugin.core.routed_bn import (
+    convert_legacy_routed_state_dict,
+    convert_routed_sync_batchnorm,
+    is_legacy_routed_state_dict,
 )
 
 
@@ -37,24 +43,24 @@ def test_converts_every_bn_and_copies_state(name):
     assert converted is net and len(layers) == len(originals)
     for layer, state in zip(layers, states):
         assert layer.route_names == ("normal", "pgd", "pgd_ce")
-        for route in layer.routes.values():
-            for key, value in route.state_dict().items():
+        for route in layer.route_names:
+            for key, value in layer.route_layer(route).state_dict().items():
                 torch.testing.assert_close(value, state[key])
-        # routes hold independent tensors
-        assert layer.routes["normal"].weight.data_ptr() != layer.routes["pgd"].weight.data_ptr()
+        # routes hold independent tensors; the primary route ("pgd") keeps the native names
+        assert layer.primary_route == "pgd" and layer.aux_routes["normal"].weight.data_ptr() != layer.weight.data_ptr()
 
 
 def test_train_forward_updates_only_the_active_route():
     net = convert_to_multi_bn(cifar_resnet18(width=8))
     net.train()
     layer = routed_bn_layers(net)[0]
-    before = {r: layer.routes[r].running_mean.clone() for r in layer.route_names}
-    with bn_route(net, "pgd"):
+    before = {r: layer.route_layer(r).running_mean.clone() for r in layer.route_names}
+    with bn_route(net, "normal"):
         net(torch.rand(4, 3, 32, 32))
-    assert not torch.equal(layer.routes["pgd"].running_mean, before["pgd"])
-    torch.testing.assert_close(layer.routes["normal"].running_mean, before["normal"])
-    torch.testing.assert_close(layer.routes["pgd_ce"].running_mean, before["pgd_ce"])
-    assert layer.route == "normal"  # restored
+    assert not torch.equal(layer.route_layer("normal").running_mean, before["normal"])
+    torch.testing.assert_close(layer.route_layer("pgd").running_mean, before["pgd"])
+    torch.testing.assert_close(layer.route_layer("pgd_ce").running_mean, before["pgd_ce"])
+    assert layer.route == "normal"  # restored: the first route is active by default
 
 
 @pytest.mark.parametrize("name", ["torchvision", "cifar"])
@@ -86,6 +92,8 @@ def test_route_errors_and_restoration():
     with pytest.raises(ValueError, match="convert_to_multi_bn"):
         with bn_route(net, "pgd"):
             pass
+    with pytest.raises(ValueError, match="needs a backbone with BatchNorm"):
+        convert_to_multi_bn(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4)))
     convert_to_multi_bn(net)
     with pytest.raises(KeyError, match="unknown BN route 'adv'"):
         with bn_route(net, "adv"):
@@ -109,8 +117,62 @@ def test_single_layer_and_batchnorm1d():
 
 def test_sync_batchnorm_exports_plain_batchnorm():
     net = convert_to_multi_bn(cifar_resnet18(width=8))
-    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    synced = convert_routed_sync_batchnorm(net)
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
     plain = export_bn_route(synced, "pgd")
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in plain.modules())
     cifar_resnet18(width=8).load_state_dict(plain.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("name", ["torchvision", "cifar"])
+def test_routed_state_dict_holds_the_plain_backbone_with_native_names(name):
+    plain = make_nets()[name]()
+    routed = convert_to_multi_bn(make_nets()[name]())
+    routed_state, plain_state = routed.state_dict(), plain.state_dict()
+    for key, value in plain_state.items():
+        assert key in routed_state and routed_state[key].shape == value.shape, key
+    extra = set(routed_state) - set(plain_state)
+    assert extra and all(".aux_routes." in k for k in extra)
+    # non-strict loading (solo-learn's main_linear.py) takes the "pgd" route; strict after plain_state_dict
+    net = convert_to_multi_bn(make_nets()[name]())
+    net.train()
+    with bn_route(net, "pgd"):
+        net(torch.rand(8, 3, 32, 32))
+    fresh = make_nets()[name]()
+    missing, _ = fresh.load_state_dict(net.state_dict(), strict=False)
+    assert not missing
+    fresh.load_state_dict(plain_state_dict(net), strict=True)
+    x = torch.rand(2, 3, 32, 32)
+    with bn_route(net.eval(), "pgd"):
+        torch.testing.assert_close(fresh.eval()(x), net(x))
+
+
+def test_legacy_routed_checkpoints_convert():
+    net = convert_to_multi_bn(cifar_resnet18(width=8))
+    state = net.state_dict()
+    legacy = {}  # the 0.1 layout: every route under <bn>.routes.<route>.
+    for module_name, layer in net.named_modules():
+        if isinstance(layer, MultiRouteBatchNorm):
+            for route in layer.route_names:
+                for leaf, value in layer.route_layer(route).state_dict().items():
+                    legacy[f"{module_name}.routes.{route}.{leaf}"] = value
+    legacy |= {k: v for k, v in state.items() if not any(k.startswith(f"{m}.") for m in _routed_names(net))}
+    assert is_legacy_routed_state_dict(legacy) and not is_legacy_routed_state_dict(state)
+    converted = convert_legacy_routed_state_dict(legacy)
+    assert converted.keys() == state.keys()
+    for key, value in state.items():
+        torch.testing.assert_close(converted[key], value, msg=key)
+
+
+def _routed_names(net):
+    return [name for name, m in net.named_modules() if isinstance(m, MultiRouteBatchNorm)]
+
+
+def test_routed_sync_conversion_keeps_every_route():
+    net = convert_to_multi_bn(cifar_resnet18(width=8))
+    synced = convert_routed_sync_batchnorm(net)
+    layers = routed_bn_layers(synced)
+    assert layers and all(isinstance(layer, torch.nn.SyncBatchNorm) for layer in layers)
+    assert all(isinstance(bn, torch.nn.SyncBatchNorm) for layer in layers for bn in layer.aux_routes.values())
+    assert layers[0].route_names == ("normal", "pgd", "pgd_ce")
+    cifar_resnet18(width=8).load_state_dict(export_bn_route(synced, "normal").state_dict(), strict=True)

@@ -34,7 +34,7 @@ def test_advcl_steps_on_real_images_lower_the_loss(data_dir):
 def test_selfcheck_command(data_dir):
     env = dict(os.environ, ADVCL_DATA_DIR=str(data_dir))
     result = subprocess.run(
-        [sys.executable, "-m", "advcl_plugin.cli", "selfcheck", "--steps", "2", "--batch-size", "16"],
+        [sys.executable, "-m", "advcl_plugin.app.cli", "selfcheck", "--steps", "2", "--batch-size", "16"],
         capture_output=True,
         text=True,
         env=env,

@@ -25,10 +25,10 @@ if not SOLO_ROOT or not (Path(SOLO_ROOT) / "main_pretrain.py").is_file():
     )
 
 from advcl_plugin import PseudoLabels, cluster_pseudo_labels  # noqa: E402
-from advcl_plugin.config import DataConfig  # noqa: E402
+from advcl_plugin.app.config import DataConfig  # noqa: E402
 from advcl_plugin.core.routed_bn import bn_route, export_bn_route  # noqa: E402
 from advcl_plugin.data import load_dataset  # noqa: E402
-from advcl_plugin.pipeline import write_image_folder  # noqa: E402
+from advcl_plugin.app.stages.make_folder import write_image_folder  # noqa: E402
 
 PKG = "pkg://advcl_plugin.recipes.solo"
 

@@ -8,8 +8,8 @@ import sys
 import pytest
 import yaml
 
-from advcl_plugin.config import available_recipes, load_recipe
-from advcl_plugin.study import load_study, verdicts
+from advcl_plugin.app.config import available_recipes, load_recipe
+from advcl_plugin.app.study import load_study, verdicts
 
 
 def test_shipped_studies_are_valid():
@@ -58,7 +58,7 @@ def test_tiny_study_runs_and_continues(tmp_path, data_dir):
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(study))
     env = dict(os.environ, ADVCL_DATA_DIR=str(data_dir))
-    command = [sys.executable, "-m", "advcl_plugin.cli", "--quiet", "study", "-c", "tiny.yaml"]
+    command = [sys.executable, "-m", "advcl_plugin.app.cli", "--quiet", "study", "-c", "tiny.yaml"]
     first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-4000:]
     report = json.loads((tmp_path / "runs/tiny-report/report.json").read_text())

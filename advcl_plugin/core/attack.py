@@ -23,11 +23,18 @@ __all__ = ["check_pixel_range", "pgd_linf"]
 
 
 def check_pixel_range(x: Tensor, name: str = "input", tolerance: float = 1e-6) -> None:
-    """Raise ``ValueError`` unless every value of ``x`` lies in [0, 1].
+    """Raise ``ValueError`` unless every value of ``x`` is finite and lies in [0, 1].
 
     The attack budget eps = 8/255 is defined in [0, 1] pixel units; values outside
     that range almost always mean mean/std-normalised tensors reached the attack.
+    NaN or infinite pixels are refused too (a NaN compares false with any bound).
     """
+    if x.numel() == 0:
+        return
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"{name} holds {bad} NaN or infinite value(s): pixels must be finite numbers in [0, 1]")
     low, high = float(x.min()), float(x.max())
     if low < -tolerance or high > 1 + tolerance:
         raise ValueError(

@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from advcl_plugin.core.config import KS_ENSEMBLE
+
 __all__ = ["PseudoLabels", "cluster_pseudo_labels", "compute_features"]
 
 #: Metadata given to the authors' reference file, which carries none of its own.
@@ -37,7 +39,7 @@ REFERENCE_ENCODER = "AdvCL reference: k-means of ImageNet-pretrained SimCLR feat
 
 def cluster_pseudo_labels(
     features: np.ndarray | Tensor,
-    ks: Iterable[int] = (2, 10, 50, 100, 500),
+    ks: Iterable[int] = KS_ENSEMBLE,
     seed: int = 0,
     niter: int = 20,
     nredo: int = 1,
@@ -56,7 +58,9 @@ def cluster_pseudo_labels(
     Returns:
         ``{K: labels}`` with labels an int64 array of shape (N,), values in 0..K-1.
     """
-    import faiss
+    from advcl_plugin._optional import require
+
+    faiss = require("faiss", "clusterfit")
 
     if use_gpu and faiss.get_num_gpus() == 0:
         raise RuntimeError(

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 __all__ = [
     "HighFrequencyView",
     "LowFrequencyView",
+    "check_radius",
     "frequency_mask",
     "high_frequency",
     "low_frequency",
@@ -58,6 +60,37 @@ def frequency_mask(height: int, width: int, radius: float, device: torch.device 
     rows = torch.arange(height, dtype=torch.float64).view(-1, 1) - (height // 2)
     cols = torch.arange(width, dtype=torch.float64).view(1, -1) - (width // 2)
     return ((rows**2 + cols**2).sqrt() < radius).to(device=device, dtype=torch.float32)
+
+
+#: below this share of removed spectrum the HFC view is almost the whole image
+_MIN_REMOVED_SHARE = 0.05
+
+
+@functools.lru_cache(maxsize=64)
+def check_radius(radius: float, height: int, width: int) -> float:
+    """Check radius r of eq. (8) for (H, W) images; returns the share of the spectrum removed from the HFC.
+
+    Raises ``ValueError`` when the low-frequency disk is empty (r <= 0: the HFC is the image) or
+    covers the whole spectrum (the HFC is all zero), and warns when the HFC keeps almost all of
+    the image.  r scales with the image side: the paper's r = 8 on 32x32 images removes about
+    20% of the spectrum; keep that share with ``r = 8 * side / 32`` (e.g. 24 for 96x96).
+    """
+    if radius <= 0:
+        raise ValueError(f"radius must be > 0, got {radius}: the low-frequency disk would be empty")
+    removed = float(frequency_mask(int(height), int(width), float(radius)).mean())
+    if removed >= 1.0:
+        raise ValueError(
+            f"radius {radius} covers the whole {height}x{width} spectrum: the high-frequency view would be all "
+            f"zero; use a radius below {((height // 2) ** 2 + (width // 2) ** 2) ** 0.5:.1f} (8 for 32x32 images)"
+        )
+    if removed < _MIN_REMOVED_SHARE:
+        warnings.warn(
+            f"radius {radius} removes only {100 * removed:.1f}% of the {height}x{width} spectrum: the HFC view is "
+            f"almost the whole image. The paper's r = 8 on 32x32 removes about 20%; for this size use about "
+            f"{8 * min(height, width) / 32:g}",
+            stacklevel=2,
+        )
+    return removed
 
 
 def _check_image_batch(x: Tensor) -> None:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advcl_plugin.core.config import KS_ENSEMBLE
+
 __all__ = ["ProjectionHead", "PseudoLabelHeads", "pseudo_label_loss"]
 
 
@@ -76,13 +78,13 @@ class PseudoLabelHeads(nn.Module):
 
     Args:
         feature_dim: dimension of the encoder's pooled features.
-        ks: cluster counts; the paper's ensemble is (2, 10, 50, 100, 500).
+        ks: cluster counts; default: the paper's ensemble ``KS_ENSEMBLE``.
 
     Shapes:
         ``forward``: (B, feature_dim) -> list of (B, K_i).
     """
 
-    def __init__(self, feature_dim: int, ks: Sequence[int] = (2, 10, 50, 100, 500)) -> None:
+    def __init__(self, feature_dim: int, ks: Sequence[int] = KS_ENSEMBLE) -> None:
         super().__init__()
         ks = tuple(int(k) for k in ks)
         if not ks or min(ks) < 2:

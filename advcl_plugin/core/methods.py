@@ -1,42 +1,53 @@
-"""Registry of pretraining methods: AdvCL, its ablations and the baselines, as objective settings.
+"""Registry of pretraining methods: AdvCL, its ablations and the baselines, as variants of one config.
 
-Every method is one :class:`~advcl_plugin.core.objective.AdvCLObjective` configuration, so
-comparisons at equal budget are one name apart.
+Every method is a set of :class:`~advcl_plugin.core.config.AdvCLConfig` changes from ``PAPER``,
+so comparisons at equal budget are one name apart, in the style of solo-learn's ``METHODS``.
 
 Example:
-    >>> from advcl_plugin.core.methods import METHODS, build_objective
+    >>> from advcl_plugin.core.methods import METHODS, build_config, build_objective
     >>> from advcl_plugin import cifar_resnet18
     >>> sorted(METHODS)[:3]
     ['acl', 'advcl', 'advcl-k10']
-    >>> objective = build_objective("simclr", cifar_resnet18(width=8))
-    >>> objective.attack
+    >>> build_config("advcl", steps=3).steps
+    3
+    >>> build_objective("simclr", cifar_resnet18(width=8)).config.attack
     'none'
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from advcl_plugin.core.config import PAPER, AdvCLConfig
 from advcl_plugin.core.objective import AdvCLObjective
 
-__all__ = ["METHODS", "MethodSpec", "build_objective", "get_method"]
+__all__ = ["METHODS", "MethodSpec", "build_config", "build_objective", "get_method"]
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A pretraining method: objective settings and the BN route used downstream."""
+    """A pretraining method: the changes it makes to ``PAPER`` and a description."""
 
     name: str
     description: str
-    objective_kwargs: dict[str, Any] = field(default_factory=dict)
-    downstream_route: str = "pgd"
+    changes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> AdvCLConfig:
+        """The method's config with every other setting at the paper's value."""
+        return PAPER.replace(**self.changes)
 
     @property
     def uses_pseudo_labels(self) -> bool:
-        return bool(self.objective_kwargs.get("use_pseudo_labels", True))
+        return self.config.use_pseudo_labels
+
+    @property
+    def downstream_route(self) -> str:
+        return self.config.downstream_route
 
 
 _NO_PL = {"use_pseudo_labels": False}
@@ -48,7 +59,6 @@ METHODS: dict[str, MethodSpec] = {
             "simclr",
             "SimCLR: contrastive loss over [tau1, tau2], no attack",
             {"attack": "none", "frequency_views": (), **_NO_PL},
-            downstream_route="normal",
         ),
         MethodSpec(
             "acl",
@@ -72,14 +82,30 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-def build_objective(method: str, backbone: nn.Module, **overrides: Any) -> AdvCLObjective:
-    """Build the objective of ``method`` around ``backbone``; ``overrides`` win over the method's settings.
+def build_config(method: str, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> AdvCLConfig:
+    """The validated config of ``method`` with ``overrides`` (e.g. a recipe's ``method_kwargs``).
 
-    An override that contradicts what defines the method (e.g. ``attack`` for ``simclr``)
-    is rejected.
+    Unknown keys are refused with the valid ones; an override that contradicts what defines the
+    method (e.g. ``attack`` for ``simclr``) is refused too.
     """
     spec = get_method(method)
-    clash = {k for k in overrides if k in spec.objective_kwargs and overrides[k] != spec.objective_kwargs[k]}
+    changes = {**(overrides or {}), **kwargs}
+    unknown = sorted(set(changes) - set(AdvCLConfig.field_names()))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {unknown} in method_kwargs of method {method!r}; valid keys: "
+            f"{sorted(AdvCLConfig.field_names())}"
+        )
+    merged = spec.config.replace(**changes)
+    clash = sorted(k for k in changes if k in spec.changes and getattr(merged, k) != spec.config.to_dict()[k])
     if clash:
-        raise ValueError(f"method {method!r} fixes {sorted(clash)}; pick another method instead of overriding them")
-    return AdvCLObjective(backbone, **{**spec.objective_kwargs, **overrides})
+        raise ValueError(f"method {method!r} fixes {clash}; pick another method instead of overriding them")
+    return merged
+
+
+def build_objective(method: str, backbone: nn.Module, overrides: Mapping[str, Any] | None = None,
+                    **kwargs: Any) -> AdvCLObjective:  # fmt: skip
+    """Build the objective of ``method`` around ``backbone`` (see :func:`build_config`); the keyword
+    ``gather_distributed`` goes to the objective."""
+    gather = bool(kwargs.pop("gather_distributed", False))
+    return AdvCLObjective(backbone, build_config(method, overrides, **kwargs), gather_distributed=gather)

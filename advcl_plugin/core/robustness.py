@@ -95,7 +95,9 @@ def autoattack_accuracy(
     model: nn.Module, loader: DataLoader, eps: float, version: str = "standard", seed: int = 0, progress: bool = True
 ) -> dict[str, float]:
     """Robust accuracy under AutoAttack (``pyautoattack``); progress is logged to stderr."""
-    from pyautoattack import AutoAttack
+    from advcl_plugin._optional import require
+
+    AutoAttack = require("pyautoattack", "eval").AutoAttack  # noqa: N806
 
     model.eval()
     device = _device(model)

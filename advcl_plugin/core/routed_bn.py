@@ -1,24 +1,31 @@
 """Routed batch normalisation: one set of BN statistics and affine parameters per route.
 
-AdvCL keeps three BN "routes" in the backbone (reference-facts sheet): ``"normal"``
-for the clean views (tau1, tau2, HFC), ``"pgd"`` for the contrastive adversarial
-view and ``"pgd_ce"`` for the pseudo-label adversarial view.  The helpers follow
-timm's in-place layer conversion style.
+AdvCL keeps three BN "routes" in the backbone (reference-facts sheet): ``"normal"`` for the
+clean views (tau1, tau2, HFC), ``"pgd"`` for the contrastive adversarial view and
+``"pgd_ce"`` for the pseudo-label adversarial view.  Following timm's ``SplitBatchNorm2d``, a
+routed layer *is* a batch-norm layer of the original class: its own weights, with their
+native names (``bn1.weight``, ``bn1.running_mean``), hold the **primary** route (``"pgd"``,
+the one used downstream), and the other routes live beside them under ``aux_routes``
+(``bn1.aux_routes.normal.weight``).  So a routed backbone's ``state_dict()`` loads into the
+plain architecture (torchvision, timm, solo-learn's ``main_linear.py``) with the downstream
+route, non-strictly as is, strictly after :func:`plain_state_dict`.
 
 Example:
     >>> import torch, torchvision
     >>> from advcl_plugin import bn_route, convert_to_multi_bn, export_bn_route
     >>> net = convert_to_multi_bn(torchvision.models.resnet18(num_classes=10))
-    >>> with bn_route(net, "pgd"):
+    >>> "bn1.weight" in net.state_dict(), "bn1.aux_routes.normal.weight" in net.state_dict()
+    (True, True)
+    >>> with bn_route(net, "normal"):
     ...     logits = net(torch.rand(2, 3, 32, 32))
-    >>> plain = export_bn_route(net, "pgd")         # ordinary BatchNorm2d, "pgd" tensors
+    >>> plain = export_bn_route(net, "normal")       # ordinary BatchNorm2d, "normal" tensors
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -27,99 +34,205 @@ __all__ = [
     "DEFAULT_ROUTES",
     "MultiRouteBatchNorm",
     "bn_route",
+    "convert_legacy_routed_state_dict",
+    "convert_routed_sync_batchnorm",
     "convert_to_multi_bn",
     "export_bn_route",
+    "is_legacy_routed_state_dict",
+    "plain_state_dict",
     "routed_bn_layers",
 ]
 
 DEFAULT_ROUTES: tuple[str, ...] = ("normal", "pgd", "pgd_ce")
+#: the route kept under the native names when present: the one evaluated downstream
+PRIMARY_ROUTE = "pgd"
 
 
-class MultiRouteBatchNorm(nn.Module):
-    """A batch-norm layer holding one independent BN per route; ``route`` selects the active one.
+class MultiRouteBatchNorm(_BatchNorm):
+    """Base of the routed BN classes: a BN layer (primary route, native names) plus ``aux_routes``.
 
-    Args:
-        template: the BatchNorm1d/2d/3d (or SyncBatchNorm) to replicate; every route starts
-            as a copy of it (affine parameters and running statistics).
-        routes: route names, the first one is active by default.
+    Build routed layers with :func:`convert_to_multi_bn`; ``route`` selects the active route.
+
+    Attributes:
+        primary_route: the route held by the layer's own parameters and buffers (native names).
+        route: the active route; by default the first route given (``"normal"``, the clean views).
+        aux_routes: the other routes, one BN layer of the same kind each.
 
     Shapes:
-        Same as ``template``: (B, C) or (B, C, *).
+        Same as the BN class it replaces: (B, C) or (B, C, *).
     """
 
-    def __init__(self, template: _BatchNorm, routes: Sequence[str] = DEFAULT_ROUTES) -> None:
-        super().__init__()
-        routes = tuple(routes)
-        if not routes:
-            raise ValueError("routes must name at least one route")
-        if len(set(routes)) != len(routes):
-            raise ValueError(f"route names must be unique, got {routes}")
-        self.routes = nn.ModuleDict({name: copy.deepcopy(template) for name in routes})
-        self.route = routes[0]
-        # Plain BN class to export to (SyncBatchNorm is exported as the class it replaced).
-        self.plain_class: type[_BatchNorm] = _plain_batchnorm_class(template)
+    primary_route: str
+    route: str
+    aux_routes: nn.ModuleDict
+    #: the plain class this layer exports to (a SyncBatchNorm exports as the class it replaced)
+    plain_class: type[_BatchNorm]
 
     @property
     def route_names(self) -> tuple[str, ...]:
-        return tuple(self.routes.keys())
+        return tuple(self._route_order)
+
+    def route_layer(self, name: str) -> _BatchNorm:
+        """A plain BN layer holding route ``name``'s tensors (shared, not copied, for aux routes)."""
+        if name not in self._route_order:
+            raise KeyError(f"unknown BN route {name!r}; this layer has routes {self.route_names}")
+        if name != self.primary_route:
+            return self.aux_routes[name]  # type: ignore[return-value]
+        return _to_plain(self, self.plain_class)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.routes[self.route](x)
+        if self.route == self.primary_route:
+            return super().forward(x)
+        return self.aux_routes[self.route](x)
 
     def extra_repr(self) -> str:
-        return f"routes={self.route_names}, active={self.route!r}"
+        return f"{super().extra_repr()}, routes={self.route_names}, primary={self.primary_route!r}"
 
 
-def _plain_batchnorm_class(layer: _BatchNorm) -> type[_BatchNorm]:
+class RoutedBatchNorm1d(MultiRouteBatchNorm, nn.BatchNorm1d):
+    """Routed :class:`torch.nn.BatchNorm1d`."""
+
+
+class RoutedBatchNorm2d(MultiRouteBatchNorm, nn.BatchNorm2d):
+    """Routed :class:`torch.nn.BatchNorm2d`."""
+
+
+class RoutedBatchNorm3d(MultiRouteBatchNorm, nn.BatchNorm3d):
+    """Routed :class:`torch.nn.BatchNorm3d`."""
+
+
+class RoutedSyncBatchNorm(MultiRouteBatchNorm, nn.SyncBatchNorm):
+    """Routed :class:`torch.nn.SyncBatchNorm` (every route synchronised)."""
+
+
+_ROUTED_CLASSES: dict[type[_BatchNorm], type[MultiRouteBatchNorm]] = {
+    nn.BatchNorm1d: RoutedBatchNorm1d,
+    nn.BatchNorm2d: RoutedBatchNorm2d,
+    nn.BatchNorm3d: RoutedBatchNorm3d,
+    nn.SyncBatchNorm: RoutedSyncBatchNorm,
+}
+
+
+def _new_like(layer: _BatchNorm, cls: type[_BatchNorm]) -> _BatchNorm:
+    """A layer of class ``cls`` with ``layer``'s settings, tensors, device, dtype and mode."""
+    kwargs = {
+        "eps": layer.eps,
+        "momentum": layer.momentum,
+        "affine": layer.affine,
+        "track_running_stats": layer.track_running_stats,
+    }
+    if issubclass(cls, nn.SyncBatchNorm):
+        kwargs["process_group"] = getattr(layer, "process_group", None)
+    new = cls(layer.num_features, **kwargs)
+    reference = layer.running_mean if layer.running_mean is not None else layer.weight
+    if reference is not None:
+        new = new.to(device=reference.device, dtype=reference.dtype)
+    state = {k: v for k, v in nn.Module.state_dict(layer, keep_vars=False).items() if not k.startswith("aux_routes.")}
+    new.load_state_dict(state)
+    new.train(layer.training)
+    return new
+
+
+def _to_plain(layer: _BatchNorm, plain_class: type[_BatchNorm]) -> _BatchNorm:
+    if type(layer) is plain_class:
+        return copy.deepcopy(layer)
+    return _new_like(layer, plain_class)
+
+
+def _plain_class_of(layer: _BatchNorm) -> type[_BatchNorm]:
+    if isinstance(layer, MultiRouteBatchNorm):
+        return layer.plain_class
     if isinstance(layer, nn.SyncBatchNorm):
         return getattr(layer, "_advcl_plain_class", nn.BatchNorm2d)
     return type(layer)
 
 
-def _is_batchnorm(module: nn.Module) -> bool:
-    return isinstance(module, _BatchNorm)
+def _routed(template: _BatchNorm, routes: tuple[str, ...], primary: str) -> MultiRouteBatchNorm:
+    kind = nn.SyncBatchNorm if isinstance(template, nn.SyncBatchNorm) else type(template)
+    if kind not in _ROUTED_CLASSES:
+        raise TypeError(
+            f"routed batch norm supports BatchNorm1d/2d/3d and SyncBatchNorm layers, not {type(template).__name__}"
+        )
+    layer = _new_like(template, _ROUTED_CLASSES[kind])
+    assert isinstance(layer, MultiRouteBatchNorm)
+    layer.primary_route = primary
+    layer.route = routes[0]
+    layer._route_order = routes  # type: ignore[attr-defined]
+    layer.plain_class = _plain_class_of(template)
+    layer.aux_routes = nn.ModuleDict({name: copy.deepcopy(template) for name in routes if name != primary})
+    return layer
 
 
-def convert_to_multi_bn(module: nn.Module, routes: Sequence[str] = DEFAULT_ROUTES) -> nn.Module:
-    """Replace every batch-norm layer of ``module`` (in place) by a :class:`MultiRouteBatchNorm`.
+def convert_to_multi_bn(
+    module: nn.Module, routes: Sequence[str] = DEFAULT_ROUTES, primary: str | None = None
+) -> nn.Module:
+    """Replace every batch-norm layer of ``module`` (in place) by a routed one.
 
-    Each route starts from a copy of the original layer's affine parameters and
-    running statistics.  Layers that are already routed are left as they are if
-    they carry the same routes, and rejected otherwise.
+    Every route starts from a copy of the original layer's affine parameters and running
+    statistics.  Layers that are already routed are kept if they carry the same routes and
+    refused otherwise.
 
     Args:
         module: any module (a torchvision/timm ResNet, :func:`cifar_resnet18`, ...), or a
             single BN layer.
         routes: route names; AdvCL uses ("normal", "pgd", "pgd_ce").
+        primary: the route kept under the native parameter names; default ``"pgd"`` when it
+            is one of ``routes``, else the first route. The first route is the one active
+            outside :func:`bn_route` (``"normal"``, the clean views, for AdvCL's routes).
 
     Returns:
         ``module`` itself, or the new layer when ``module`` is a BN layer.
+
+    Raises:
+        ValueError: when ``module`` has no batch-norm layer at all (GroupNorm, LayerNorm or
+            ViT backbones): routed BN needs BatchNorm layers.
     """
     routes = tuple(routes)
+    if not routes or len(set(routes)) != len(routes):
+        raise ValueError(f"routes must be distinct names, at least one, got {routes}")
+    primary = primary or (PRIMARY_ROUTE if PRIMARY_ROUTE in routes else routes[0])
+    if primary not in routes:
+        raise ValueError(f"the primary route {primary!r} is not one of the routes {routes}")
     if isinstance(module, MultiRouteBatchNorm):
         if module.route_names != routes:
             raise ValueError(f"module is already routed with routes {module.route_names}, cannot convert to {routes}")
         return module
-    if _is_batchnorm(module):
-        return MultiRouteBatchNorm(module, routes)  # type: ignore[arg-type]
-    for name, child in module.named_children():
-        converted = convert_to_multi_bn(child, routes)
-        if converted is not child:
-            setattr(module, name, converted)
+    if isinstance(module, _BatchNorm):
+        return _routed(module, routes, primary)
+    if not any(isinstance(m, _BatchNorm) for m in module.modules()):
+        raise ValueError(
+            f"{type(module).__name__} has no BatchNorm layer: routed batch norm keeps one set of BatchNorm "
+            "statistics per view kind, so it needs a backbone with BatchNorm layers (a ResNet, not a "
+            "GroupNorm/LayerNorm network or a ViT)"
+        )
+    _convert_children(module, routes, primary)
     return module
 
 
+def _convert_children(module: nn.Module, routes: tuple[str, ...], primary: str) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, _BatchNorm):
+            converted = convert_to_multi_bn(child, routes, primary)
+            if converted is not child:
+                setattr(module, name, converted)
+        else:
+            _convert_children(child, routes, primary)
+
+
 def routed_bn_layers(module: nn.Module) -> list[MultiRouteBatchNorm]:
-    """All :class:`MultiRouteBatchNorm` layers of ``module``."""
+    """All routed BN layers of ``module``."""
     return [layer for layer in module.modules() if isinstance(layer, MultiRouteBatchNorm)]
 
 
 def _layers_with_route(module: nn.Module, name: str) -> list[MultiRouteBatchNorm]:
     layers = routed_bn_layers(module)
     if not layers:
-        raise ValueError("the module has no routed batch-norm layers: call convert_to_multi_bn(module) first")
+        raise ValueError(
+            "the module has no routed batch-norm layers: convert it with convert_to_multi_bn(module) "
+            "(which needs BatchNorm layers)"
+        )
     for layer in layers:
-        if name not in layer.routes:
+        if name not in layer.route_names:
             raise KeyError(f"unknown BN route {name!r}; this module has routes {layer.route_names}")
     return layers
 
@@ -141,42 +254,84 @@ def bn_route(module: nn.Module, name: str) -> Iterator[nn.Module]:
             layer.route = old
 
 
-def _to_plain(layer: _BatchNorm, plain_class: type[_BatchNorm]) -> _BatchNorm:
-    if type(layer) is plain_class:
-        return copy.deepcopy(layer)
-    plain = plain_class(
-        layer.num_features,
-        eps=layer.eps,
-        momentum=layer.momentum,
-        affine=layer.affine,
-        track_running_stats=layer.track_running_stats,
-    )
-    reference = layer.running_mean if layer.running_mean is not None else layer.weight
-    if reference is not None:
-        plain = plain.to(device=reference.device, dtype=reference.dtype)
-    plain.load_state_dict(layer.state_dict())
-    plain.train(layer.training)
-    return plain
-
-
 def export_bn_route(module: nn.Module, name: str) -> nn.Module:
     """Return a copy of ``module`` whose routed BN layers are plain BN layers holding route ``name``.
 
-    The copy has ordinary ``BatchNorm1d/2d`` layers (a SyncBatchNorm route is exported as
-    the plain class it replaced), so its state dict loads into the unconverted
-    architecture (torchvision/timm code, lightly's harness).  In eval mode its output
-    equals the routed module's output under ``bn_route(module, name)``.
+    The copy has ordinary ``BatchNorm1d/2d`` layers (a SyncBatchNorm route is exported as the
+    plain class it replaced), so its state dict loads strictly into the unconverted architecture
+    (torchvision/timm code, lightly's harness).  In eval mode its output equals the routed
+    module's output under ``bn_route(module, name)``.
     """
     _layers_with_route(module, name)
+    if isinstance(module, MultiRouteBatchNorm):
+        return copy.deepcopy(module.route_layer(name))
     exported = copy.deepcopy(module)
+    _replace_routed(exported, name)
+    return exported
 
-    def replace(parent: nn.Module) -> nn.Module:
-        if isinstance(parent, MultiRouteBatchNorm):
-            return _to_plain(parent.routes[name], parent.plain_class)  # type: ignore[arg-type]
-        for child_name, child in parent.named_children():
-            new = replace(child)
-            if new is not child:
-                setattr(parent, child_name, new)
-        return parent
 
-    return replace(exported)
+def _replace_routed(parent: nn.Module, name: str) -> None:
+    for child_name, child in parent.named_children():
+        if isinstance(child, MultiRouteBatchNorm):
+            setattr(parent, child_name, _to_plain(child.route_layer(name), child.plain_class))
+        else:
+            _replace_routed(child, name)
+
+
+def plain_state_dict(module: nn.Module, route: str | None = None) -> dict[str, Tensor]:
+    """The state dict of the plain architecture holding ``route`` (default: each layer's primary
+    route, i.e. the routed state dict without its ``aux_routes`` entries), detached on the CPU."""
+    if route is None:
+        return {k: v.detach().cpu() for k, v in module.state_dict().items() if ".aux_routes." not in f".{k}"}
+    return {k: v.detach().cpu() for k, v in export_bn_route(module, route).state_dict().items()}
+
+
+def convert_routed_sync_batchnorm(module: nn.Module, process_group: object | None = None) -> nn.Module:
+    """Like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``, keeping routed layers routed: every
+    route of every routed layer, and every plain BN layer, becomes synchronised.
+
+    (PyTorch's own converter would replace a routed layer by a plain SyncBatchNorm and drop its
+    routing.)"""
+    if isinstance(module, MultiRouteBatchNorm):
+        if isinstance(module, nn.SyncBatchNorm):
+            return module
+        routed = _new_like(module, RoutedSyncBatchNorm)
+        assert isinstance(routed, RoutedSyncBatchNorm)
+        routed.process_group = process_group
+        routed.primary_route, routed.route = module.primary_route, module.route
+        routed._route_order = module.route_names  # type: ignore[attr-defined]
+        routed.plain_class = module.plain_class
+        routed.aux_routes = nn.ModuleDict(
+            {k: convert_routed_sync_batchnorm(v, process_group) for k, v in module.aux_routes.items()}
+        )
+        return routed
+    if isinstance(module, _BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+        synced = nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+        synced._advcl_plain_class = type(module)  # type: ignore[attr-defined]
+        return synced
+    for name, child in module.named_children():
+        converted = convert_routed_sync_batchnorm(child, process_group)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
+
+
+def is_legacy_routed_state_dict(state: Mapping[str, Tensor]) -> bool:
+    """Whether ``state`` comes from advcl-plugin <= 0.1 (every route under ``<bn>.routes.<name>.``)."""
+    return any(".routes." in f".{key}" and key.split(".routes.")[-1].count(".") == 1 for key in state)
+
+
+def convert_legacy_routed_state_dict(state: Mapping[str, Tensor], primary: str = PRIMARY_ROUTE) -> dict[str, Tensor]:
+    """Rename the keys of an advcl-plugin <= 0.1 routed state dict (``bn1.routes.pgd.weight``) to this
+    layout: the ``primary`` route under the native names (``bn1.weight``), the others under
+    ``bn1.aux_routes.<route>.``.  Other keys are kept."""
+    converted: dict[str, Tensor] = {}
+    for key, value in state.items():
+        head, sep, tail = key.rpartition(".routes.")
+        if not sep or tail.count(".") != 1:
+            converted[key] = value
+            continue
+        route, leaf = tail.split(".")
+        prefix = f"{head}." if head else ""
+        converted[f"{prefix}{leaf}" if route == primary else f"{prefix}aux_routes.{route}.{leaf}"] = value
+    return converted

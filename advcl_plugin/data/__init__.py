@@ -12,6 +12,12 @@ from advcl_plugin.data.datasets import (
     load_dataset,
 )
 from advcl_plugin.data.offline import DATA_DIR_ENV, OFFLINE_FILES, find_offline_data_dir, load_offline_arrays
+from advcl_plugin.data.pseudo_labels import (
+    REFERENCE,
+    REFERENCE_PSEUDO_LABELS,
+    pseudo_labels_for,
+    resolve_pseudo_label_path,
+)
 from advcl_plugin.data.transforms import (
     AdvCLViews,
     eval_transform,
@@ -23,6 +29,8 @@ __all__ = [
     "DATASETS",
     "DATA_DIR_ENV",
     "OFFLINE_FILES",
+    "REFERENCE",
+    "REFERENCE_PSEUDO_LABELS",
     "AdvCLViews",
     "ImageArrayDataset",
     "ImageFolderDataset",
@@ -36,5 +44,7 @@ __all__ = [
     "load_dataset",
     "load_offline_arrays",
     "original_view_transform",
+    "pseudo_labels_for",
+    "resolve_pseudo_label_path",
     "strong_view_transform",
 ]

@@ -22,25 +22,28 @@ from __future__ import annotations
 from torch import Tensor
 from torchvision import transforms as T
 
+from advcl_plugin.core.config import PAPER_VIEWS, ViewConfig
+
 __all__ = ["AdvCLViews", "eval_transform", "original_view_transform", "strong_view_transform"]
 
 
-def strong_view_transform(size: int = 32, min_scale: float = 0.2) -> T.Compose:
-    """tau: the SimCLR-style augmentation used for tau1 and tau2."""
+def strong_view_transform(size: int = 32, min_scale: float | None = None, views: ViewConfig = PAPER_VIEWS) -> T.Compose:
+    """tau: the SimCLR-style augmentation used for tau1 and tau2 (``min_scale`` overrides ``views.crop_min_scale``)."""
     return T.Compose(
         [
-            T.RandomResizedCrop(size, scale=(min_scale, 1.0)),
-            T.RandomHorizontalFlip(),
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
+            T.RandomResizedCrop(size, scale=(views.crop_min_scale if min_scale is None else min_scale, 1.0)),
+            T.RandomHorizontalFlip(views.flip_prob),
+            T.RandomApply([T.ColorJitter(*views.jitter)], p=views.jitter_prob),
+            T.RandomGrayscale(p=views.grayscale_prob),
             T.ToTensor(),
         ]
     )
 
 
-def original_view_transform(size: int = 32, padding: int = 4) -> T.Compose:
+def original_view_transform(size: int = 32, padding: int | None = None, views: ViewConfig = PAPER_VIEWS) -> T.Compose:
     """The lightly augmented "original" x: padded random crop + horizontal flip."""
-    return T.Compose([T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip(), T.ToTensor()])
+    padding = views.original_padding if padding is None else padding
+    return T.Compose([T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip(views.flip_prob), T.ToTensor()])
 
 
 def eval_transform(size: int | None = None) -> T.Compose:
@@ -52,9 +55,10 @@ def eval_transform(size: int | None = None) -> T.Compose:
 class AdvCLViews:
     """Maps one PIL image to ``[tau1, tau2, x_orig]`` tensors in [0, 1]."""
 
-    def __init__(self, size: int = 32, min_scale: float = 0.2, padding: int = 4) -> None:
-        self.strong = strong_view_transform(size, min_scale)
-        self.original = original_view_transform(size, padding)
+    def __init__(self, size: int = 32, min_scale: float | None = None, padding: int | None = None,
+                 views: ViewConfig = PAPER_VIEWS) -> None:  # fmt: skip
+        self.strong = strong_view_transform(size, min_scale, views)
+        self.original = original_view_transform(size, padding, views)
 
     def __call__(self, image) -> list[Tensor]:
         return [self.strong(image), self.strong(image), self.original(image)]

@@ -21,6 +21,8 @@ from lightly.utils.benchmarking import FinetuneClassifier, LinearClassifier
 from torch import Tensor, nn
 
 from advcl_plugin.core.attack import pgd_linf
+from advcl_plugin.core.config import PAPER_EVALUATION as EVAL
+from advcl_plugin.core.config import PAPER_FINETUNE as SLF
 
 __all__ = ["AdversarialFinetuneClassifier", "RobustLinearClassifier"]
 
@@ -110,16 +112,16 @@ class RobustLinearClassifier(_RobustMixin, LinearClassifier):
         num_classes: int,
         *,
         adversarial: bool = False,
-        batch_size: int = 512,
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 2e-4,
-        milestones: Sequence[int] = (15, 20),
-        gamma: float = 0.1,
-        attack_eps: float = 8 / 255,
-        attack_step_size: float = 2 / 255,
-        attack_steps: int = 10,
-        val_attack_steps: int = 10,
+        batch_size: int = SLF.batch_size,
+        lr: float = SLF.lr,
+        momentum: float = SLF.momentum,
+        weight_decay: float = SLF.weight_decay,
+        milestones: Sequence[int] = SLF.milestones,
+        gamma: float = SLF.gamma,
+        attack_eps: float = EVAL.eps,
+        attack_step_size: float = EVAL.step_size,
+        attack_steps: int = SLF.attack_steps,
+        val_attack_steps: int = SLF.attack_steps,
     ) -> None:
         super().__init__(model, batch_size, lr, feature_dim, num_classes, topk=(1,))
         self._robust_settings(
@@ -138,15 +140,15 @@ class AdversarialFinetuneClassifier(_RobustMixin, FinetuneClassifier):
         num_classes: int,
         *,
         batch_size: int = 128,
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 2e-4,
-        milestones: Sequence[int] = (15, 20),
-        gamma: float = 0.1,
-        attack_eps: float = 8 / 255,
-        attack_step_size: float = 2 / 255,
-        attack_steps: int = 10,
-        val_attack_steps: int = 10,
+        lr: float = SLF.lr,
+        momentum: float = SLF.momentum,
+        weight_decay: float = SLF.weight_decay,
+        milestones: Sequence[int] = SLF.milestones,
+        gamma: float = SLF.gamma,
+        attack_eps: float = EVAL.eps,
+        attack_step_size: float = EVAL.step_size,
+        attack_steps: int = SLF.attack_steps,
+        val_attack_steps: int = SLF.attack_steps,
     ) -> None:
         super().__init__(model, batch_size, lr, feature_dim, num_classes, topk=(1,))
         self._robust_settings(

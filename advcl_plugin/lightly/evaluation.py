@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from advcl_plugin.core.config import PAPER_FINETUNE
 from advcl_plugin.core.robustness import robustness_metrics
 from advcl_plugin.lightly.classifiers import RobustLinearClassifier
 
@@ -22,9 +23,9 @@ def robust_linear_evaluation(
     train: Dataset,
     test: Dataset,
     *,
-    epochs: int = 25,
-    batch_size: int = 512,
-    milestones: tuple[int, ...] = (15, 20),
+    epochs: int = PAPER_FINETUNE.epochs,
+    batch_size: int = PAPER_FINETUNE.batch_size,
+    milestones: tuple[int, ...] = PAPER_FINETUNE.milestones,
     samples: int | None = None,
     aa_samples: int | None = 1000,
     progress: bool = True,

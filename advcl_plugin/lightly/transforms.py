@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lightly.transforms.multi_view_transform import MultiViewTransform
 
+from advcl_plugin.core.config import PAPER_VIEWS, ViewConfig
 from advcl_plugin.data.transforms import original_view_transform, strong_view_transform
 
 __all__ = ["AdvCLTransform"]
@@ -27,6 +28,12 @@ class AdvCLTransform(MultiViewTransform):
         ((3, 32, 32), True)
     """
 
-    def __init__(self, input_size: int = 32, min_scale: float = 0.2, padding: int = 4) -> None:
-        strong = strong_view_transform(input_size, min_scale)
-        super().__init__(transforms=[strong, strong, original_view_transform(input_size, padding)])
+    def __init__(
+        self,
+        input_size: int = 32,
+        min_scale: float | None = None,
+        padding: int | None = None,
+        views: ViewConfig = PAPER_VIEWS,
+    ) -> None:
+        strong = strong_view_transform(input_size, min_scale, views)
+        super().__init__(transforms=[strong, strong, original_view_transform(input_size, padding, views)])

@@ -2,13 +2,15 @@
 ``mocov2plus_adv``, ``vicreg_adv``.
 
 Each variant trains its parent method exactly as solo-learn does (clean crops, BN route
-``"normal"``) and adds one view ``x + delta`` that goes through the backbone's ``"pgd"`` BN
-route: ``delta`` is found by L-inf PGD in [0, 1] pixel space against the method's own loss
-between ``x + delta`` and the first crop (for BYOL and MoCo v2+, the momentum encoder's
-output of that crop), and the same loss at ``x + delta`` is added to the training loss with
-weight ``adv_weight``.  ``x`` is AdvCL's original view when the recipe declares one (as a
-small crop, see :data:`advcl_plugin.solo.common.ORIGINAL_VIEW_HELP`), else the first crop.
-Momentum encoders get the same routed BN, so the momentum update pairs parameters one to one.
+``"normal"``) and adds one view ``x + delta`` from the core's
+:class:`~advcl_plugin.core.adversarial_view.AdversarialView` (the same implementation the lightly
+adapter exports): ``delta`` is found by L-inf PGD in [0, 1] pixel space against the method's own
+loss between ``x + delta`` and the first crop (for BYOL and MoCo v2+, the momentum encoder's
+output of that crop), through the backbone's ``"pgd"`` BN route, and the same loss at
+``x + delta`` is added to the training loss with weight ``adv_weight``.  ``x`` is AdvCL's original
+view when the recipe declares one (as a small crop, see
+:data:`advcl_plugin.solo.common.ORIGINAL_VIEW_HELP`), else the first crop.  Momentum encoders get
+the same routed BN, so the momentum update pairs parameters one to one.
 """
 
 from __future__ import annotations
@@ -27,38 +29,55 @@ from solo.methods.simclr import SimCLR
 from solo.methods.vicreg import VICReg
 from torch import Tensor
 
-from advcl_plugin.config import parse_number
-from advcl_plugin.core.attack import pgd_linf
-from advcl_plugin.core.pixels import normalize, random_padded_crop, unnormalize
-from advcl_plugin.core.routed_bn import bn_route, convert_to_multi_bn
-from advcl_plugin.solo.common import RoutedCheckpointMixin, pipeline_statistics, split_original_view
+from advcl_plugin.core.adversarial_view import AdversarialView
+from advcl_plugin.core.config import PAPER, PAPER_VIEWS
+from advcl_plugin.core.pixels import random_padded_crop
+from advcl_plugin.core.routed_bn import convert_to_multi_bn
+from advcl_plugin.solo.common import (
+    pipeline_statistics,
+    split_method_kwargs,
+    split_original_view,
+    upgrade_legacy_checkpoint,
+)
 
 __all__ = ["ADVERSARIAL_DEFAULTS", "BYOLAdv", "MoCoV2PlusAdv", "SimCLRAdv", "VICRegAdv"]
 
 #: extra method_kwargs of the adversarial variants (the parent's own keys stay as they are)
 ADVERSARIAL_DEFAULTS: dict[str, Any] = {
-    "adv_eps": 8 / 255,
-    "adv_steps": 5,
-    "adv_step_size": 2 / 255,
+    "adv_eps": PAPER.eps,
+    "adv_steps": PAPER.steps,
+    "adv_step_size": PAPER.step_size,
     "adv_weight": 1.0,
-    "adv_original_view_padding": 4,
+    "adv_original_view_padding": PAPER_VIEWS.original_padding,
 }
 
 
-class AdversarialViewMixin(RoutedCheckpointMixin):
+class AdversarialViewMixin:
     """Adds ``x + delta`` (PGD against the method's own loss, BN route ``pgd``) as a view."""
 
     def __init__(self, cfg: omegaconf.DictConfig) -> None:
         given = omegaconf.OmegaConf.to_container(cfg.method_kwargs, resolve=True) or {}
-        adversarial = {k: parse_number(given.pop(k, v)) for k, v in ADVERSARIAL_DEFAULTS.items()}
-        cfg.method_kwargs = omegaconf.OmegaConf.create(given)  # the parent sees only its own keys
+        parent_keys = tuple(k for k in given if k not in ADVERSARIAL_DEFAULTS)
+        _, adversarial = split_method_kwargs(cfg, ADVERSARIAL_DEFAULTS, type(self).__name__, parent_keys)
+        cfg.method_kwargs = omegaconf.OmegaConf.create({k: given[k] for k in parent_keys})  # the parent's own keys
         super().__init__(cfg)  # type: ignore[call-arg]
         self.adversarial = adversarial
         self.original_view_index = split_original_view(self, cfg, required=False)
-        self.pixel_mean, self.pixel_std = pipeline_statistics(cfg)
-        convert_to_multi_bn(self.backbone, ("normal", "pgd"))
+        mean, std = pipeline_statistics(cfg)
+        convert_to_multi_bn(self.backbone, ("normal", "pgd"))  # type: ignore[attr-defined]
         if hasattr(self, "momentum_backbone"):
             convert_to_multi_bn(self.momentum_backbone, ("normal", "pgd"))
+        view = AdversarialView(
+            self.backbone,  # type: ignore[attr-defined]
+            self,  # solo-learn's forward: normalised images -> {"z": ..., "p": ...}
+            self.adversarial_view_loss,
+            eps=float(adversarial["adv_eps"]),
+            steps=int(adversarial["adv_steps"]),
+            step_size=float(adversarial["adv_step_size"]),
+            mean=mean,
+            std=std,
+        )
+        object.__setattr__(self, "adversarial_view", view)  # holds no tensors of its own
 
     # -- method-specific pieces ---------------------------------------------------------
     def adversarial_reference(self, view: Tensor) -> Tensor:
@@ -70,29 +89,25 @@ class AdversarialViewMixin(RoutedCheckpointMixin):
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------
-    def adversarial_forward(self, pixels: Tensor) -> dict[str, Tensor]:
-        with bn_route(self.backbone, "pgd"):
-            return self(normalize(pixels, self.pixel_mean, self.pixel_std))  # type: ignore[operator]
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_legacy_checkpoint(checkpoint)
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
 
     def training_step(self, batch: list[Any], batch_idx: int) -> Tensor:
         indexes, views, targets = batch
         crops = list(views[: self.num_crops])  # type: ignore[attr-defined]
         loss = super().training_step([indexes, crops, targets], batch_idx)  # type: ignore[misc]
+        view = self.adversarial_view
         if self.original_view_index is not None:
-            start = unnormalize(views[self.original_view_index].float(), self.pixel_mean, self.pixel_std)
+            start = view.to_pixels(views[self.original_view_index].float())
             start = random_padded_crop(start, int(self.adversarial["adv_original_view_padding"]))
         else:
-            start = unnormalize(crops[0].float(), self.pixel_mean, self.pixel_std)
+            start = view.to_pixels(crops[0].float())
         reference = self.adversarial_reference(crops[0])
-        frozen = reference.detach()
-        adversarial = pgd_linf(
-            lambda x: self.adversarial_view_loss(self.adversarial_forward(x), frozen, indexes),
-            start,
-            eps=self.adversarial["adv_eps"],
-            steps=int(self.adversarial["adv_steps"]),
-            step_size=self.adversarial["adv_step_size"],
+        adversarial = view.perturb_pixels(start, reference, indexes)
+        adversarial_loss = self.adversarial_view_loss(
+            view.embed_adversarial(view.from_pixels(adversarial)), reference, indexes
         )
-        adversarial_loss = self.adversarial_view_loss(self.adversarial_forward(adversarial), reference, indexes)
         self.log_dict(  # type: ignore[attr-defined]
             {
                 "train_adv_view_loss": adversarial_loss,

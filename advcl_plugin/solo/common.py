@@ -1,4 +1,5 @@
-"""Pieces shared by the solo-learn methods of this package."""
+"""Pieces shared by the solo-learn methods of this package: reading ``method_kwargs``, the pipeline's
+normalisation, the original view, the online linear probe and old checkpoints."""
 
 from __future__ import annotations
 
@@ -7,18 +8,18 @@ from typing import Any
 
 import omegaconf
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from advcl_plugin.config import parse_number
-from advcl_plugin.core.routed_bn import export_bn_route, routed_bn_layers
+from advcl_plugin.core.config import parse_number
+from advcl_plugin.core.routed_bn import convert_legacy_routed_state_dict, is_legacy_routed_state_dict
 
 __all__ = [
     "ORIGINAL_VIEW_HELP",
-    "RoutedCheckpointMixin",
     "class_step",
-    "method_kwargs",
     "pipeline_statistics",
+    "split_method_kwargs",
     "split_original_view",
+    "upgrade_legacy_checkpoint",
 ]
 
 ORIGINAL_VIEW_HELP = (
@@ -28,15 +29,19 @@ ORIGINAL_VIEW_HELP = (
 )
 
 
-def method_kwargs(cfg: omegaconf.DictConfig, defaults: Mapping[str, Any], method: str) -> dict[str, Any]:
-    """``cfg.method_kwargs`` merged over ``defaults``; unknown keys are rejected with the valid ones."""
+def split_method_kwargs(
+    cfg: omegaconf.DictConfig, own: Mapping[str, Any], method: str, core_keys: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``cfg.method_kwargs`` into the keys of ``core_keys`` (for the core's config) and this adapter's
+    own keys (``own``: name -> default). Unknown keys are refused with the list of valid ones."""
     given = omegaconf.OmegaConf.to_container(cfg.method_kwargs, resolve=True) if "method_kwargs" in cfg else {}
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
+    given = {k: parse_number(v) for k, v in dict(given or {}).items()}
+    valid = set(own) | set(core_keys)
+    unknown = sorted(set(given) - valid)
     if unknown:
-        raise ValueError(f"unknown method_kwargs {unknown} for method {method!r}; valid keys: {sorted(defaults)}")
-    merged = {**defaults, **given}
-    return {k: parse_number(v) for k, v in merged.items()}
+        raise ValueError(f"unknown method_kwargs {unknown} for method {method!r}; valid keys: {sorted(valid)}")
+    core = {k: v for k, v in given.items() if k in core_keys}
+    return core, {**own, **{k: v for k, v in given.items() if k in own}}
 
 
 def pipeline_statistics(cfg: omegaconf.DictConfig) -> tuple[list[float], list[float]]:
@@ -74,46 +79,21 @@ def split_original_view(module: Any, cfg: omegaconf.DictConfig, required: bool) 
     return module.num_crops
 
 
-class RoutedCheckpointMixin:
-    """Checkpoints whose ``backbone.*`` keys hold one BN route as plain BatchNorm.
-
-    solo-learn's ``main_linear.py`` keeps the ``backbone.*`` keys of a checkpoint and loads them
-    non-strictly into a plain backbone; the routed tensors would be silently ignored.  So the
-    saved ``backbone.*`` entries are the export of ``downstream_route`` (the adversarial BN, as
-    the authors evaluate) and the routed backbone is stored under ``routed_backbone.*``;
-    loading a checkpoint for resuming reverses this.
-    """
-
-    downstream_route: str = "pgd"
-    backbone: nn.Module
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state: dict[str, Tensor] = checkpoint["state_dict"]
-        routed = {k: v for k, v in state.items() if k.startswith("backbone.")}
-        for key in routed:
+def upgrade_legacy_checkpoint(checkpoint: dict[str, Any]) -> None:
+    """Rewrite, in place, a checkpoint of advcl-plugin <= 0.1 (plain ``backbone.*`` beside a
+    ``routed_backbone.*`` copy, routes under ``.routes.``) to this version's layout."""
+    state: dict[str, Tensor] = checkpoint["state_dict"]
+    if any(k.startswith("routed_backbone.") for k in state):
+        for key in [k for k in state if k.startswith("backbone.")]:
             del state[key]
-        for key, value in routed.items():
-            state["routed_" + key] = value
-        plain = export_bn_route(self.backbone, self.downstream_route).state_dict()
-        for key, value in plain.items():
-            state["backbone." + key] = value.detach().clone()
-        checkpoint["advcl_downstream_route"] = self.downstream_route
-        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state: dict[str, Tensor] = checkpoint["state_dict"]
-        if any(k.startswith("routed_backbone.") for k in state):
-            for key in [k for k in state if k.startswith("backbone.")]:
-                del state[key]
-            for key in [k for k in state if k.startswith("routed_backbone.")]:
-                state[key[len("routed_") :]] = state.pop(key)
-        elif routed_bn_layers(self.backbone):
-            raise ValueError("this checkpoint has no routed backbone: it was not written by an advcl-plugin method")
-        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        for key in [k for k in state if k.startswith("routed_backbone.")]:
+            state[key[len("routed_") :]] = state.pop(key)
+    if is_legacy_routed_state_dict(state):
+        checkpoint["state_dict"] = convert_legacy_routed_state_dict(state)
 
 
 def class_step(module: Any, features: list[Tensor], targets: Tensor) -> Tensor:
-    """solo-learn's online linear probe on detached clean features; logs its loss and accuracy."""
+    """solo-learn's online linear probe on detached features; logs its loss and accuracy."""
     from solo.utils.metrics import accuracy_at_k
 
     losses, top1, top5 = [], [], []

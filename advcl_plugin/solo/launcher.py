@@ -138,17 +138,17 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     from torch.utils.data import DataLoader
 
-    from advcl_plugin.config import DataConfig
     from advcl_plugin.core.robustness import robustness_metrics
-    from advcl_plugin.training.data import load_split
+    from advcl_plugin.data import load_dataset
 
     model, cfg = solo_linear_classifier(args.checkpoint)
     solo_dataset = cfg["data"]["dataset"] if cfg else "cifar10"
     transform, mean, std = solo_validation_pipeline(solo_dataset)
     model[0].mean.copy_(torch_tensor(mean))
     model[0].std.copy_(torch_tensor(std))
-    data = DataConfig(dataset=args.dataset, root=args.root, data_dir=args.data_dir, download=args.download)
-    test = load_split(data, "test").with_transform(transform)
+    test = load_dataset(
+        args.dataset, "test", root=args.root, download=args.download, data_dir=args.data_dir, transform=transform
+    )
     result = robustness_metrics(
         model,
         DataLoader(test, batch_size=args.batch_size),

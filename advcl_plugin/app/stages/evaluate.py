@@ -1,9 +1,8 @@
-"""Evaluating a finetuned classifier of a run: the metrics of ``advcl_plugin.core.robustness`` on the
+"""``advcl evaluate``: evaluating a finetuned classifier of a run: the metrics of ``advcl_plugin.core.robustness`` on the
 test split of the recipe's evaluation data, written as JSON (and test features for the t-SNE plot)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from advcl_plugin.config import EvalConfig, Recipe
+from advcl_plugin.app.artifacts import load_classifier, write_record
+from advcl_plugin.app.config import EvalConfig, Recipe
+from advcl_plugin.app.data import evaluation_loader, load_split
 from advcl_plugin.core.robustness import evaluation_subset, robustness_metrics
-from advcl_plugin.training.data import evaluation_loader, load_split
-from advcl_plugin.training.encoders import load_classifier
 
 __all__ = ["encoder_features", "evaluate", "evaluate_classifier"]
 
@@ -72,8 +71,7 @@ def evaluate(
         **evaluate_classifier(model, loader, recipe.evaluate, progress),
     }
     output_path = Path(output_path or recipe.run_dir / f"eval-{info['mode']}.json")
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    output_path.write_text(json.dumps(results, indent=2))
+    write_record(output_path, results)
     if recipe.evaluate.tsne_samples > 0:
         features, labels = encoder_features(model, loader, recipe.evaluate.tsne_samples)
         np.savez(output_path.with_name(f"features-{info['mode']}.npz"), features=features, labels=labels)

@@ -1,12 +1,13 @@
-"""``advcl study``: every arm of a reduced-budget reproduction at one budget, seed and backbone, then
-the table, the plots and a verdict on each of the paper's orderings.
+"""``advcl study`` and ``advcl demo``: every arm of a reduced-budget reproduction at one budget, seed and
+backbone, then the table, the plots and a verdict on each of the paper's orderings.
 
 A study file (``recipes/study/*.yaml``) names a base recipe, overrides shared by all arms and
 the arms themselves: ``{name, method, overrides, modes, autoattack, pseudo_labels_from}``
 (``autoattack``: ``true`` for every mode of the arm, or a list of modes such as ``[slf]``).
 ``pseudo_labels_from: <arm>`` makes ClusterFit pseudo labels from that arm's encoder (e.g.
 this package's own SimCLR) instead of the recipe's file.  Re-running the command continues
-where it stopped (pretraining resumes; finished finetuning and evaluation are kept).
+where it stopped (pretraining resumes; finished finetuning and evaluation are kept).  The demo
+is the study ``study/demo`` (simclr, acl and advcl on a 2-core CPU budget).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from advcl_plugin.app.config import Recipe, load_recipe, load_structured, read_yaml, recipe_path
+from advcl_plugin.app.report import build_report
+from advcl_plugin.app.stages.evaluate import evaluate
+from advcl_plugin.app.stages.finetune import finetune
+from advcl_plugin.app.stages.pretrain import pretrain
+from advcl_plugin.app.stages.pseudo_labels import make_pseudo_labels
 
-from advcl_plugin.config import _from_dict, load_recipe, recipe_path
-
-__all__ = ["ORDERINGS", "StudyConfig", "run_study", "verdicts"]
+__all__ = ["ORDERINGS", "StudyConfig", "load_study", "run_demo", "run_study", "verdicts"]
 
 
 @dataclass
@@ -63,9 +67,7 @@ ORDERINGS: list[tuple[str, str, str, str, str, str]] = [
 
 
 def load_study(name_or_path: str) -> StudyConfig:
-    with open(recipe_path(name_or_path)) as handle:
-        tree = yaml.safe_load(handle)
-    study = _from_dict(StudyConfig, tree, "study")
+    study = load_structured(StudyConfig, read_yaml(recipe_path(name_or_path)), where="study")
     names = [arm.name for arm in study.arms]
     if len(set(names)) != len(names):
         raise ValueError(f"arm names must be unique, got {names}")
@@ -137,107 +139,124 @@ def _record_timing(timings: dict[str, float], run_dir: Path, stage: str, seconds
     path.write_text(json.dumps(saved, indent=2))
 
 
-def run_study(name_or_path: str, overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run (or continue) every arm of a study and write ``<output_dir>/<study>-report/``."""
-    from advcl_plugin.pipeline import make_pseudo_labels
-    from advcl_plugin.report import build_report
-    from advcl_plugin.training.evaluate import evaluate
-    from advcl_plugin.training.finetune import finetune
-    from advcl_plugin.training.pretrain import pretrain
+def _run_name(study: StudyConfig, arm: str, seed: int) -> str:
+    return f"{study.name}-{arm}" + (f"-seed{seed}" if len(study.seeds) > 1 else "")
 
+
+def _timed(timings: dict[str, float], run_dir: Path, stage: str, work: Any) -> Any:
+    print(f"\n=== {stage} ===", flush=True)
+    started = time.perf_counter()
+    result = work()
+    _record_timing(timings, run_dir, stage, time.perf_counter() - started)
+    return result
+
+
+def _arm_recipe(study: StudyConfig, arm: StudyArm, seed: int, overrides: list[str], progress: bool,
+                timings: dict[str, float]) -> Recipe:  # fmt: skip
+    """The arm's recipe; with ``pseudo_labels_from``, ClusterFit labels from that arm's encoder first."""
+    run_name = _run_name(study, arm.name, seed)
+    arm_overrides = [
+        *study.overrides, *overrides, *arm.overrides, f"method={arm.method}", f"name={run_name}", f"seed={seed}",
+        f"finetune.modes=[{','.join(arm.modes)}]",
+    ]  # fmt: skip
+    recipe = load_recipe(study.base, arm_overrides)
+    if not arm.pseudo_labels_from:
+        return recipe
+    source = recipe.run_dir.parent / _run_name(study, arm.pseudo_labels_from, seed) / "encoder.pt"
+    labels_path = recipe.run_dir / "clusterfit_pseudo_labels.npz"
+    if not labels_path.is_file():
+        ks = list(recipe.objective_config().ks)
+        _timed(timings, recipe.run_dir, f"{run_name} clusterfit",
+               lambda: make_pseudo_labels(source, recipe.data, ks, labels_path, seed=seed, progress=progress))  # fmt: skip
+    return load_recipe(study.base, [*arm_overrides, f"pseudo_labels.path={labels_path}"])
+
+
+def _pretrained(recipe: Recipe, progress: bool, timings: dict[str, float]) -> None:
+    summary_path = recipe.run_dir / "pretrain.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if "encoder" in summary and (recipe.run_dir / "encoder.pt").is_file():
+        return
+    summary = _timed(timings, recipe.run_dir, f"{recipe.name} pretrain ({recipe.method})",
+                     lambda: pretrain(recipe, progress=progress))  # fmt: skip
+    if "encoder" not in summary:
+        raise RuntimeError(f"{recipe.name} did not finish pretraining; run the command again to continue")
+
+
+def _finetuned_and_evaluated(recipe: Recipe, mode: str, aa_samples: int, progress: bool,
+                             timings: dict[str, float]) -> Path:  # fmt: skip
+    if not (recipe.run_dir / f"finetune-{mode}" / "classifier.pt").is_file():
+        _timed(timings, recipe.run_dir, f"{recipe.name} {mode}", lambda: finetune(recipe, mode, progress=progress))
+    evaluation = recipe.run_dir / f"eval-{mode}.json"
+    if not evaluation.is_file():
+        recipe.evaluate.aa_samples = aa_samples
+        _timed(timings, recipe.run_dir, f"{recipe.name} evaluate {mode}",
+               lambda: evaluate(recipe, mode, progress=progress))  # fmt: skip
+    return evaluation
+
+
+def run_study(
+    name_or_path: str,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    arms: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) every arm of a study (or the ``arms`` named) and write ``<output_dir>/<study>-report/``."""
     study = load_study(name_or_path)
+    if arms:
+        unknown = sorted(set(arms) - {arm.name for arm in study.arms})
+        if unknown:
+            raise ValueError(f"unknown arm(s) {unknown}; the study has {[arm.name for arm in study.arms]}")
+        study.arms = [arm for arm in study.arms if arm.name in arms]
+    # every arm's recipe is read (and so validated) before anything runs
+    for seed in study.seeds:
+        for arm in study.arms:
+            load_recipe(study.base, [*study.overrides, *(overrides or []), *arm.overrides, f"method={arm.method}"])
     timings: dict[str, float] = {}
     eval_files: list[Path] = []
     per_arm: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    output_dir = None
+    output_dir = Path(".")
     for seed in study.seeds:
         for arm in study.arms:
-            run_name = f"{study.name}-{arm.name}" + (f"-seed{seed}" if len(study.seeds) > 1 else "")
-            arm_overrides = [
-                *study.overrides,
-                *(overrides or []),
-                *arm.overrides,
-                f"method={arm.method}",
-                f"name={run_name}",
-                f"seed={seed}",
-                f"finetune.modes=[{','.join(arm.modes)}]",
-            ]
-            recipe = load_recipe(study.base, arm_overrides)
+            recipe = _arm_recipe(study, arm, seed, overrides or [], progress, timings)
             output_dir = Path(recipe.output_dir)
             timings_file = recipe.run_dir / "study_timings.json"
             if timings_file.is_file():  # stages finished in an earlier session of the study
                 timings.update(json.loads(timings_file.read_text()))
-            if arm.pseudo_labels_from:
-                source = recipe.run_dir.parent / (
-                    f"{study.name}-{arm.pseudo_labels_from}" + (f"-seed{seed}" if len(study.seeds) > 1 else "")
-                )
-                labels_path = recipe.run_dir / "clusterfit_pseudo_labels.npz"
-                if not labels_path.is_file():
-                    print(f"\n=== {run_name}: ClusterFit pseudo labels from {source.name}/encoder.pt ===", flush=True)
-                    started = time.perf_counter()
-                    make_pseudo_labels(
-                        source / "encoder.pt", recipe.data, recipe.pseudo_labels.ks, labels_path, seed=seed,
-                        progress=progress,
-                    )  # fmt: skip
-                    _record_timing(timings, recipe.run_dir, f"{run_name} clusterfit", time.perf_counter() - started)
-                arm_overrides.append(f"pseudo_labels.path={labels_path}")
-                recipe = load_recipe(study.base, arm_overrides)
-            summary_path = recipe.run_dir / "pretrain.json"
-            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-            finished = summary.get("epochs_done") == summary.get("epochs_planned") and "encoder" in summary
-            if not finished or not (recipe.run_dir / "encoder.pt").is_file():
-                print(f"\n=== {run_name}: pretraining ({arm.method}) ===", flush=True)
-                started = time.perf_counter()
-                summary = pretrain(recipe, progress=progress)
-                _record_timing(timings, recipe.run_dir, f"{run_name} pretrain", time.perf_counter() - started)
-            if "encoder" not in summary:
-                raise RuntimeError(f"{run_name} did not finish pretraining; run the study again to continue")
+            _pretrained(recipe, progress, timings)
             for mode in arm.modes:
-                evaluation = recipe.run_dir / f"eval-{mode}.json"
-                if not (recipe.run_dir / f"finetune-{mode}" / "classifier.pt").is_file():
-                    print(f"=== {run_name}: {mode.upper()} ===", flush=True)
-                    started = time.perf_counter()
-                    finetune(recipe, mode, progress=progress)
-                    _record_timing(timings, recipe.run_dir, f"{run_name} {mode}", time.perf_counter() - started)
-                if not evaluation.is_file():
-                    print(f"=== {run_name}: evaluation ({mode.upper()}) ===", flush=True)
-                    started = time.perf_counter()
-                    with_autoattack = arm.autoattack is True or (
-                        isinstance(arm.autoattack, list) and mode in arm.autoattack
-                    )
-                    aa_samples = study.aa_samples if with_autoattack else 0
-                    evaluate(load_recipe(study.base, [*arm_overrides, f"evaluate.aa_samples={aa_samples}"]), mode,
-                             progress=progress)  # fmt: skip
-                    _record_timing(
-                        timings, recipe.run_dir, f"{run_name} evaluate {mode}", time.perf_counter() - started
-                    )
+                with_autoattack = arm.autoattack is True or (isinstance(arm.autoattack, list) and mode in arm.autoattack)
+                evaluation = _finetuned_and_evaluated(
+                    recipe, mode, study.aa_samples if with_autoattack else 0, progress, timings
+                )
                 result = json.loads(evaluation.read_text())
                 result["method"] = arm.name
                 evaluation.write_text(json.dumps(result, indent=2))
                 eval_files.append(evaluation)
                 per_arm.setdefault(arm.name, {}).setdefault(mode, []).append(result)
-    assert output_dir is not None
     results = {arm: {mode: _mean_over_seeds(runs) for mode, runs in modes.items()} for arm, modes in per_arm.items()}
-    report_dir = output_dir / f"{study.name}-report"
-    report = build_report(eval_files, report_dir, timings)
     rows = verdicts(results)
-    lines = [
-        report["markdown"],
-        "",
-        f"Budget: {study.budget}",
-        f"Hardware: {study.hardware}",
-        "",
-        "| paper | claim | values (%) | verdict |",
-        "| --- | --- | --- | --- |",
-    ]
+    lines = [f"Budget: {study.budget}", f"Hardware: {study.hardware}"]
+    if rows:
+        lines += ["", "| paper | claim | values (%) | verdict |", "| --- | --- | --- | --- |"]
     for row in rows:
         a, b = row["values"]
         values = f"{row['better_arm']} {100 * a:.2f} vs {row['worse_arm']} {100 * b:.2f}"
         lines.append(f"| {row['table']} | {row['claim']} | {values} | {row['verdict']} |")
-    markdown = "\n".join(lines) + "\n"
-    (report_dir / "report.md").write_text(markdown)
-    data = json.loads((report_dir / "report.json").read_text())
-    data |= {"orderings": rows, "per_arm": results, "budget": study.budget, "hardware": study.hardware}
-    (report_dir / "report.json").write_text(json.dumps(data, indent=2))
-    print("\n" + markdown)
-    return data | {"markdown": markdown}
+    report = build_report(
+        eval_files,
+        output_dir / f"{study.name}-report",
+        timings,
+        extra_markdown="\n".join(lines),
+        extra={"orderings": rows, "per_arm": results, "budget": study.budget, "hardware": study.hardware},
+    )
+    print("\n" + report["markdown"])
+    return report
+
+
+def run_demo(study: str = "study/demo", methods: list[str] | None = None, overrides: list[str] | None = None,
+             progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """The demo: the study ``study/demo`` (or the arms ``methods`` of it)."""
+    started = time.perf_counter()
+    report = run_study(study, overrides, progress, arms=methods)
+    print(f"demo finished in {time.perf_counter() - started:.0f} s; report in {report['directory']}")
+    return report

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from advcl_plugin.core.methods import build_objective
+from advcl_plugin.core.methods import build_config
+from advcl_plugin.core.objective import AdvCLObjective
 from advcl_plugin.core.resnet import build_backbone
+from advcl_plugin.tools.reference_objective import ReferenceAdvCLObjective
 
 __all__ = ["BenchConfig", "attack_precision_check", "run_bench"]
-
-KS = (2, 10, 50, 100, 500)
 #: dense bf16 tensor-core peaks (TFLOP/s) for the share-of-peak column
 GPU_BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
 
@@ -104,11 +104,10 @@ class _Step:
     def __init__(self, config: StepConfig, bench: BenchConfig) -> None:
         torch.manual_seed(bench.seed)
         self.config, self.device = config, torch.device(bench.device)
-        kwargs = dict(config.objective_kwargs)
-        if config.method != "simclr":
-            kwargs.setdefault("ks", KS)
-        self.objective = build_objective(config.method, build_backbone(bench.arch, bench.width), **kwargs)
-        self.objective.naive = config.naive
+        objective_class = ReferenceAdvCLObjective if config.naive else AdvCLObjective
+        self.objective = objective_class(
+            build_backbone(bench.arch, bench.width), build_config(config.method, config.objective_kwargs)
+        )
         self.objective.to(self.device).train()
         if config.channels_last:
             self.objective.to(memory_format=torch.channels_last)
@@ -121,7 +120,7 @@ class _Step:
         if config.channels_last:
             self.inputs = [x.contiguous(memory_format=torch.channels_last) for x in self.inputs]
         self.labels = None
-        if self.objective.use_pseudo_labels:
+        if self.objective.pseudo_label_heads is not None:
             heads = self.objective.pseudo_label_heads.ks  # type: ignore[union-attr]
             self.labels = torch.stack(
                 [torch.randint(0, k, (bench.batch_size,), generator=generator) for k in heads], 1
@@ -138,7 +137,7 @@ class _Step:
             torch.cuda.synchronize()
         started = time.perf_counter()
         with self.autocast():
-            loss, _ = self.objective(x, tau1, tau2, self.labels)
+            loss = self.objective(x, tau1, tau2, self.labels).loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -173,7 +172,7 @@ def _peak_memory_mb(config: StepConfig, bench: BenchConfig) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     payload = json.dumps({"config": asdict(config), "bench": {**asdict(bench), "configs": []}})
     result = subprocess.run(
-        [sys.executable, "-m", "advcl_plugin.bench", "--memory-probe", payload],
+        [sys.executable, "-m", "advcl_plugin.tools.bench", "--memory-probe", payload],
         capture_output=True,
         text=True,
         env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
@@ -228,7 +227,7 @@ def attack_precision_check(bench: BenchConfig) -> dict[str, float]:
             generator = torch.Generator(step.device).manual_seed(bench.seed)
             adversarial = step.objective.perturb(x, tau1, tau2, step.labels, generator=generator)
             generator = torch.Generator(step.device).manual_seed(bench.seed)
-            loss, _ = step.objective(x, tau1, tau2, step.labels, generator=generator)
+            loss = step.objective(x, tau1, tau2, step.labels, generator=generator).loss
         deltas[precision] = torch.cat([(a - x).flatten() for a in adversarial]).float().cpu()
         losses[precision] = loss.item()
     delta32, delta16 = deltas["fp32"], deltas["bf16"]

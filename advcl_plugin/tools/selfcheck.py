@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from advcl_plugin.core import AdvCLObjective, PseudoLabels, cifar_resnet18
+from advcl_plugin.core import PAPER, AdvCLObjective, cifar_resnet18
 from advcl_plugin.data import (
+    REFERENCE,
     AdvCLViews,
     IndexedDataset,
-    align_pseudo_labels,
     find_offline_data_dir,
     load_dataset,
+    pseudo_labels_for,
+    resolve_pseudo_label_path,
 )
-
-REFERENCE_LABELS = "advcl_reference_pseudo_labels_cifar10.npz"
-KS = (2, 10, 50, 100, 500)
+from advcl_plugin.tools.reference_objective import ReferenceAdvCLObjective
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,18 +57,20 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
     )
     print(f"dataset: {dataset.name} ({len(dataset)} images)")
 
-    label_path = Path(args.pseudo_labels) if args.pseudo_labels else (data_dir / REFERENCE_LABELS if data_dir else None)
+    setting = args.pseudo_labels or REFERENCE
     labels = None
-    if label_path is not None and label_path.is_file():
-        pseudo = align_pseudo_labels(PseudoLabels.load(label_path, ks=KS), dataset)
-        labels = pseudo.as_tensor(KS)
-        print(f"pseudo labels: {label_path.name} -> {pseudo}")
-    else:
+    try:
+        label_path = resolve_pseudo_label_path(setting, data_dir)
+    except FileNotFoundError:
+        if args.pseudo_labels:
+            raise
         print("pseudo labels: none found, running without the pseudo-label term")
+    else:
+        labels = pseudo_labels_for(dataset, label_path, PAPER.ks)
+        print(f"pseudo labels: {label_path.name} -> {tuple(labels.shape)} for K = {list(PAPER.ks)}")
 
-    objective = AdvCLObjective(
-        cifar_resnet18(width=args.width), ks=KS, use_pseudo_labels=labels is not None, naive=args.naive
-    )
+    objective_class = ReferenceAdvCLObjective if args.naive else AdvCLObjective
+    objective = objective_class(cifar_resnet18(width=args.width), PAPER.replace(use_pseudo_labels=labels is not None))
     optimizer = torch.optim.SGD(objective.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
     loader = DataLoader(IndexedDataset(dataset), batch_size=args.batch_size, shuffle=True, drop_last=True)
     objective.train()
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
         if step >= args.steps:
             break
         start = time.perf_counter()
-        loss, logs = objective(x, tau1, tau2, labels[index] if labels is not None else None)
+        out = objective(x, tau1, tau2, labels[index] if labels is not None else None)
+        loss, logs = out.loss, out.logs
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from advcl_plugin import __version__
 
-EPILOG = "Recipes: a YAML path or a shipped name (demo, cifar10, cifar100, transfer_cifar10_stl10, study/...)."
+EPILOG = "Recipes: a YAML path or a shipped name (demo, cifar10, cifar100, transfer_cifar10_stl10, study_base_cpu...)."
 
 
 def _recipe_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -18,21 +18,21 @@ def _recipe_arguments(parser: argparse.ArgumentParser, default: str | None = Non
 
 
 def _load(args: argparse.Namespace):
-    from advcl_plugin.config import load_recipe
+    from advcl_plugin.app.config import load_recipe
 
     return load_recipe(args.config, args.overrides)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from advcl_plugin.training.pretrain import pretrain
+    from advcl_plugin.app.stages.pretrain import pretrain
 
     summary = pretrain(_load(args), progress=not args.quiet)
     print(json.dumps(summary, indent=2))
 
 
 def cmd_pseudo_labels(args: argparse.Namespace) -> None:
-    from advcl_plugin.config import DataConfig
-    from advcl_plugin.pipeline import make_pseudo_labels
+    from advcl_plugin.app.config import DataConfig
+    from advcl_plugin.app.stages.pseudo_labels import make_pseudo_labels
 
     data = DataConfig(
         dataset=args.dataset, root=args.root, download=args.download, data_dir=args.data_dir, limit=args.limit
@@ -53,8 +53,8 @@ def cmd_pseudo_labels(args: argparse.Namespace) -> None:
 
 
 def cmd_make_folder(args: argparse.Namespace) -> None:
-    from advcl_plugin.config import DataConfig
-    from advcl_plugin.pipeline import write_image_folder
+    from advcl_plugin.app.config import DataConfig
+    from advcl_plugin.app.stages.make_folder import write_image_folder
 
     data = DataConfig(dataset=args.dataset, root=args.root, download=args.download, data_dir=args.data_dir)
     written = write_image_folder(data, args.out, args.train, args.test)
@@ -62,26 +62,26 @@ def cmd_make_folder(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from advcl_plugin.training.finetune import finetune
+    from advcl_plugin.app.stages.finetune import finetune
 
     print(json.dumps(finetune(_load(args), args.mode, args.encoder, progress=not args.quiet), indent=2))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from advcl_plugin.training.evaluate import evaluate
+    from advcl_plugin.app.stages.evaluate import evaluate
 
     result = evaluate(_load(args), args.mode, args.classifier, args.out, progress=not args.quiet)
     print(json.dumps(result, indent=2))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from advcl_plugin.pipeline import export
+    from advcl_plugin.app.stages.export import export
 
     print(f"wrote {export(args.checkpoint, args.out, route=args.route, plain=args.plain)}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from advcl_plugin.report import build_report
+    from advcl_plugin.app.report import build_report
 
     files = []
     for item in args.inputs:
@@ -92,15 +92,15 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from advcl_plugin.pipeline import run_demo
+    from advcl_plugin.app.study import run_demo
 
-    run_demo(args.config, args.methods.split(","), args.overrides, progress=not args.quiet)
+    run_demo(args.config, args.methods.split(",") if args.methods else None, args.overrides, progress=not args.quiet)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     import torch
 
-    from advcl_plugin.bench import BenchConfig, attack_precision_check, default_configs, format_table, run_bench
+    from advcl_plugin.tools.bench import BenchConfig, attack_precision_check, default_configs, format_table, run_bench
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,13 +125,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> None:
-    from advcl_plugin.study import run_study
+    from advcl_plugin.app.study import run_study
 
     run_study(args.config, args.overrides, progress=not args.quiet)
 
 
 def cmd_selfcheck(args: argparse.Namespace) -> None:
-    from advcl_plugin import selfcheck
+    from advcl_plugin.tools import selfcheck
 
     selfcheck.run(args)
 
@@ -201,9 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report", help="output folder")
     p.set_defaults(handler=cmd_report)
 
-    p = commands.add_parser("demo", help="simclr, acl and advcl at one budget: pretrain, finetune, evaluate, report")
-    _recipe_arguments(p, default="demo")
-    p.add_argument("--methods", default="simclr,acl,advcl", help="comma-separated methods")
+    p = commands.add_parser(
+        "demo", help="simclr, acl and advcl at one budget: pretrain, finetune, evaluate, report (study/demo)"
+    )
+    _recipe_arguments(p, default="study/demo")
+    p.add_argument("--methods", default=None, help="comma-separated arms of the study (default: all)")
     p.set_defaults(handler=cmd_demo)
 
     p = commands.add_parser("study", help="every arm of a reduced-budget reproduction, then the paper's orderings")
@@ -223,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the results as JSON (and the table as .md)")
     p.set_defaults(handler=cmd_bench)
 
-    from advcl_plugin import selfcheck
+    from advcl_plugin.tools import selfcheck
 
     p = commands.add_parser("selfcheck", help="a few AdvCL steps on real CIFAR-10 images, printing the loss terms")
     selfcheck.add_arguments(p)

@@ -1,37 +1,31 @@
-"""Building the datasets and loaders of a recipe."""
+"""The datasets and loaders of a recipe."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from advcl_plugin.config import DataConfig, PseudoLabelConfig
-from advcl_plugin.core.clusterfit import PseudoLabels
+from advcl_plugin.app.config import DataConfig, PseudoLabelConfig
 from advcl_plugin.data import (
     AdvCLViews,
     IndexedDataset,
     LabeledImageDataset,
-    align_pseudo_labels,
     dataset_image_size,
-    find_offline_data_dir,
     load_dataset,
+    pseudo_labels_for,
 )
 from advcl_plugin.data.transforms import eval_transform
 
 __all__ = [
-    "REFERENCE_PSEUDO_LABELS",
     "EpochSeededSampler",
+    "evaluation_loader",
     "load_split",
     "pretraining_data",
-    "resolve_pseudo_label_path",
     "target_image_size",
 ]
-
-REFERENCE_PSEUDO_LABELS = "advcl_reference_pseudo_labels_cifar10.npz"
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -73,23 +67,6 @@ def load_split(config: DataConfig, split: str, transform: Callable | None = None
     return dataset
 
 
-def resolve_pseudo_label_path(config: PseudoLabelConfig, data: DataConfig) -> Path:
-    if config.path is None:
-        raise ValueError(
-            "this method uses pseudo labels: set pseudo_labels.path to a file made by `advcl pseudo-labels`, "
-            "or to 'reference' for the authors' CIFAR-10 labels"
-        )
-    if config.path == "reference":
-        directory = find_offline_data_dir(data.data_dir)
-        if directory is None or not (directory / REFERENCE_PSEUDO_LABELS).is_file():
-            raise FileNotFoundError(
-                f"pseudo_labels.path=reference needs {REFERENCE_PSEUDO_LABELS} in the offline data folder "
-                "(data.data_dir or $ADVCL_DATA_DIR); or make labels with `advcl pseudo-labels`"
-            )
-        return directory / REFERENCE_PSEUDO_LABELS
-    return Path(config.path)
-
-
 def pretraining_data(
     data: DataConfig, pseudo_labels: PseudoLabelConfig | None, ks: tuple[int, ...] | None
 ) -> tuple[IndexedDataset, torch.Tensor | None]:
@@ -101,14 +78,7 @@ def pretraining_data(
     labels = None
     if ks:
         assert pseudo_labels is not None
-        loaded = PseudoLabels.load(resolve_pseudo_label_path(pseudo_labels, data), ks=ks)
-        try:  # labels made for exactly these images (or for their official split)
-            aligned = align_pseudo_labels(loaded, dataset)
-        except ValueError:
-            if dataset is full:
-                raise
-            aligned = align_pseudo_labels(loaded, full).subset(np.arange(len(dataset)))  # made for all images
-        labels = aligned.as_tensor(ks)
+        labels = pseudo_labels_for(dataset, pseudo_labels.path, ks, data.data_dir, full=full)
     dataset = dataset.with_transform(AdvCLViews(target_image_size(data)))
     return IndexedDataset(dataset), labels
 

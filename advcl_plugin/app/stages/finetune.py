@@ -1,4 +1,4 @@
-"""Finetuning with lightly's benchmarking harness: SLF, ALF and AFF.
+"""``advcl finetune``: finetuning with lightly's benchmarking harness: SLF, ALF and AFF.
 
 * SLF (standard linear finetuning): lightly's ``LinearClassifier`` on the frozen encoder
   (eval mode), clean images, the authors' optimiser (SGD lr 0.01, momentum 0.9, weight
@@ -16,24 +16,22 @@ epoch is kept.  The test set is never used for selection.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from advcl_plugin.config import FinetuneConfig, Recipe
+from advcl_plugin.app.artifacts import RobustClassifier, load_encoder, read_checkpoint, save_classifier, write_record
+from advcl_plugin.app.config import FinetuneConfig, Recipe
+from advcl_plugin.app.data import load_split, target_image_size
+from advcl_plugin.app.lightning import trainer_kwargs
 from advcl_plugin.lightly.classifiers import AdversarialFinetuneClassifier, RobustLinearClassifier
-from advcl_plugin.training.checkpointing import AtomicCheckpointIO
-from advcl_plugin.training.data import load_split, target_image_size
-from advcl_plugin.training.encoders import RobustClassifier, load_encoder, save_classifier
 
 __all__ = ["finetune", "finetune_transform"]
 
@@ -107,13 +105,10 @@ def finetune(
             dirpath=output_dir / "checkpoints", filename="best", monitor="val_robust_top1", mode="max"
         )
         callbacks.append(best)
-    from advcl_plugin.training.pretrain import trainer_kwargs
-
     trainer = pl.Trainer(
         max_epochs=config.epochs,
         callbacks=callbacks,
         logger=CSVLogger(str(output_dir), name="logs"),
-        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
         enable_model_summary=False,
         inference_mode=False,  # robust validation needs input gradients
@@ -127,7 +122,7 @@ def finetune(
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=str(resume) if resume else None)
     selection = "last epoch"
     if val_loader is not None and callbacks[1].best_model_path:
-        state = torch.load(callbacks[1].best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        state = read_checkpoint(callbacks[1].best_model_path)["state_dict"]
         module.load_state_dict(state)
         selection = f"best held-out PGD-{config.val_attack_steps} accuracy ({config.val_fraction:.0%} of train)"
     classifier = RobustClassifier(module.model, feature_dim, num_classes)
@@ -150,5 +145,5 @@ def finetune(
         "seconds": time.perf_counter() - started,
         "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }
-    (output_dir / "finetune.json").write_text(json.dumps(summary, indent=2))
+    write_record(output_dir / "finetune.json", summary)
     return summary

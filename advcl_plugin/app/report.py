@@ -137,9 +137,14 @@ def _plot_tsne(feature_files: Sequence[tuple[str, Path]], output_dir: Path, seed
 
 
 def build_report(
-    eval_files: Sequence[str | Path], output_dir: str | Path, timings: dict[str, float] | None = None
+    eval_files: Sequence[str | Path],
+    output_dir: str | Path,
+    timings: dict[str, float] | None = None,
+    extra_markdown: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Collect evaluation JSON files into ``report.json``, ``report.md`` and the plots."""
+    """Collect evaluation JSON files into ``report.json``, ``report.md`` and the plots
+    (``extra_markdown`` and ``extra`` are appended to the Markdown and the JSON)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -161,8 +166,8 @@ def build_report(
     tsne = _plot_tsne(features, output_dir)
     if tsne is not None:
         plots.append(str(tsne))
-    markdown = _markdown(results, timings, problems)
+    markdown = _markdown(results, timings, problems) + (f"\n{extra_markdown}\n" if extra_markdown else "")
     (output_dir / "report.md").write_text(markdown)
-    report = {"results": results, "checks": problems, "plots": plots, "timings": timings or {}}
+    report = {"results": results, "checks": problems, "plots": plots, "timings": timings or {}, **(extra or {})}
     (output_dir / "report.json").write_text(json.dumps(report, indent=2))
-    return report | {"markdown": markdown}
+    return report | {"markdown": markdown, "directory": str(output_dir)}

@@ -1,4 +1,5 @@
-"""AdvCL's loss as a lightly-style loss module."""
+"""AdvCL's total loss, eq. (10): ``l_CL^adv + lambda * l_CE``, as a function and as a loss module
+in lightly's style (used by the lightly adapter and by any PyTorch training loop)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch import distributed as torch_dist
 
+from advcl_plugin.core.config import PAPER
 from advcl_plugin.core.contrastive import MultiViewNTXentLoss
 from advcl_plugin.core.heads import pseudo_label_loss
-from advcl_plugin.core.objective import advcl_loss
 
-__all__ = ["AdvCLLoss"]
+__all__ = ["AdvCLLoss", "advcl_loss"]
+
+
+def advcl_loss(contrastive_loss: Tensor, pseudo_label_loss: Tensor | None, weight: float) -> Tensor:
+    """Total AdvCL objective of eq. (10): ``l_CL^adv + lambda * l_CE`` (pseudo-label term optional)."""
+    if pseudo_label_loss is None:
+        return contrastive_loss
+    return contrastive_loss + weight * pseudo_label_loss
 
 
 class AdvCLLoss(nn.Module):
@@ -31,7 +39,7 @@ class AdvCLLoss(nn.Module):
 
     Examples:
         >>> import torch
-        >>> from advcl_plugin.lightly import AdvCLLoss
+        >>> from advcl_plugin import AdvCLLoss
         >>> criterion = AdvCLLoss()
         >>> views = [torch.randn(8, 128) for _ in range(4)]            # m x (B, d) projections
         >>> logits = [torch.randn(8, 2), torch.randn(8, 10)]          # pseudo-label heads (B, K_i)
@@ -42,9 +50,9 @@ class AdvCLLoss(nn.Module):
 
     def __init__(
         self,
-        temperature: float = 0.5,
-        base_temperature: float | None = 0.07,
-        pseudo_label_weight: float = 0.2,
+        temperature: float = PAPER.temperature,
+        base_temperature: float | None = PAPER.base_temperature,
+        pseudo_label_weight: float = PAPER.pseudo_label_weight,
         gather_distributed: bool = False,
     ) -> None:
         super().__init__()
@@ -53,6 +61,8 @@ class AdvCLLoss(nn.Module):
                 "gather_distributed is True but torch.distributed is not available. Set gather_distributed=False "
                 "or install a torch build with distributed support."
             )
+        if pseudo_label_weight < 0:
+            raise ValueError(f"pseudo_label_weight must be >= 0, got {pseudo_label_weight}")
         self.contrastive = MultiViewNTXentLoss(temperature, base_temperature, gather_distributed)
         self.pseudo_label_weight = pseudo_label_weight
         self.gather_distributed = gather_distributed

@@ -1,0 +1,233 @@
+"""Lightning pieces of the lab: the pretraining module, checkpoint I/O, callbacks and Trainer arguments.
+
+The module trains the objective the core builds (:func:`advcl_plugin.core.methods.build_objective`);
+checkpoints are written atomically and hold the random-generator states, so that a resumed run
+reaches the uninterrupted run's weights.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.plugins.layer_sync import LayerSync
+
+from advcl_plugin.app.config import Recipe, load_recipe
+from advcl_plugin.app.schedule import lr_at, scaled_lr_factor
+from advcl_plugin.core.objective import AdvCLObjective
+from advcl_plugin.core.resnet import build_backbone
+from advcl_plugin.core.routed_bn import convert_routed_sync_batchnorm
+
+__all__ = [
+    "AdvCLPretrainModule",
+    "AtomicCheckpointIO",
+    "NumberedSnapshots",
+    "RoutedSyncBatchNorm",
+    "capture_rng_state",
+    "check_same_setup",
+    "restore_rng_state",
+    "trainer_kwargs",
+]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it, so that a run killed while saving
+    never leaves a truncated ``last.ckpt`` behind; reads checkpoints as data (``weights_only``)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".partial")
+        super().save_checkpoint(checkpoint, temporary, storage_options)
+        os.replace(temporary, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        from advcl_plugin.app.artifacts import read_checkpoint
+
+        return read_checkpoint(path)
+
+
+class RoutedSyncBatchNorm(LayerSync):
+    """Lightning's ``sync_batchnorm`` for routed BN: every route of every routed layer synchronised
+    (Lightning's own plugin would replace a routed layer by a plain SyncBatchNorm)."""
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        return convert_routed_sync_batchnorm(model)
+
+    def revert(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Random states of torch, numpy and python as tensors and plain values (loadable with
+    ``torch.load(weights_only=True)``)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_same_setup(saved: dict[str, Any], current: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse to resume a run from a checkpoint of another method, backbone or width."""
+    fields = {
+        "method": (saved.get("method"), current.get("method")),
+        "model.arch": (saved.get("model", {}).get("arch"), current.get("model", {}).get("arch")),
+        "model.width": (saved.get("model", {}).get("width"), current.get("model", {}).get("width")),
+        "method_kwargs": (saved.get("method_kwargs"), current.get("method_kwargs")),
+    }
+    different = {k: v for k, v in fields.items() if v[0] != v[1]}
+    if different:
+        details = "; ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in different.items())
+        raise ValueError(f"checkpoint {path} comes from another setup ({details}); use another output_dir or name")
+
+
+class AdvCLPretrainModule(pl.LightningModule):
+    """Lightning module training the objective of a recipe's method (AdvCL or a baseline).
+
+    Args:
+        recipe: the recipe as a dict (saved in the checkpoint's hyper-parameters).
+
+    Batches are ``([tau1, tau2, x_orig], label, index)``; the pseudo labels of a batch are
+    looked up by index in the tensor given to :meth:`set_pseudo_labels`.
+    """
+
+    def __init__(self, recipe: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"recipe": recipe})
+        self.recipe: Recipe = load_recipe(recipe)
+        config = self.recipe.objective_config()
+        backbone = build_backbone(self.recipe.model.arch, self.recipe.model.width)
+        # global negatives under DDP (no effect on one process)
+        self.objective = AdvCLObjective(backbone, config, gather_distributed=True)
+        if self.recipe.trainer.compile:
+            self.objective.backbone.compile()
+        self.register_buffer("pseudo_labels", torch.zeros(0, 0, dtype=torch.long), persistent=False)
+
+    @property
+    def pseudo_label_ks(self) -> tuple[int, ...]:
+        heads = self.objective.pseudo_label_heads
+        return heads.ks if heads is not None else ()
+
+    def set_pseudo_labels(self, labels: torch.Tensor | None) -> None:
+        """Pseudo labels of the whole training set, (N, len(ks)), row = dataset index."""
+        if not self.pseudo_label_ks:
+            return
+        if labels is None or labels.dim() != 2 or labels.shape[1] != len(self.pseudo_label_ks):
+            raise ValueError(
+                f"method {self.recipe.method!r} needs pseudo labels with one column per K {self.pseudo_label_ks}"
+            )
+        self.pseudo_labels = labels.to(self.device)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        (tau1, tau2, x_orig), _, index = batch
+        labels = None
+        if self.pseudo_label_ks:
+            if self.pseudo_labels.numel() == 0:
+                raise RuntimeError("pseudo labels were not set: call set_pseudo_labels() before training")
+            labels = self.pseudo_labels[index]
+        if self.recipe.trainer.channels_last:
+            tau1, tau2, x_orig = (t.contiguous(memory_format=torch.channels_last) for t in (tau1, tau2, x_orig))
+        skip_attack = self.recipe.attack_every > 1 and batch_idx % self.recipe.attack_every != 0
+        out = self.objective(x_orig, tau1, tau2, labels, steps=0 if skip_attack else None)
+        logs = dict(out.logs)
+        batch_size = x_orig.shape[0]
+        # per step (every log_every_n_steps) and as epoch means ("..._epoch" columns of metrics.csv)
+        self.log("loss", logs.pop("loss"), prog_bar=True, batch_size=batch_size, on_step=True, on_epoch=True)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=batch_size, on_step=True, on_epoch=True)
+        return out.loss
+
+    def configure_optimizers(self) -> Any:
+        optim = self.recipe.optim
+        optimizer = torch.optim.SGD(self.parameters(), lr=1.0, momentum=optim.momentum, weight_decay=optim.weight_decay)
+        steps_per_epoch = self.trainer.estimated_stepping_batches / max(self.trainer.max_epochs or 1, 1)
+        scale = scaled_lr_factor(optim.batch_size * self.trainer.world_size, optim.reference_batch_size)
+
+        def learning_rate(step: int) -> float:
+            return scale * lr_at(
+                step / steps_per_epoch,
+                lr=optim.lr,
+                epochs=optim.epochs,
+                warmup_epochs=optim.warmup_epochs,
+                warmup_from=optim.warmup_from,
+                min_lr_ratio=optim.min_lr_ratio,
+            )
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        if self.recipe.trainer.channels_last:
+            self.objective.to(memory_format=torch.channels_last)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["advcl_rng_state"] = capture_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("recipe")
+        if saved is None:
+            raise ValueError("this checkpoint was not written by advcl pretrain (no recipe in its hyper-parameters)")
+        check_same_setup(saved, self.hparams["recipe"], checkpoint.get("advcl_path", "checkpoint"))
+        if "advcl_rng_state" in checkpoint:
+            restore_rng_state(checkpoint["advcl_rng_state"])
+
+
+class NumberedSnapshots(Callback):
+    """Keep ``epoch-NNNN.ckpt`` every ``every`` epochs (``last.ckpt`` is rewritten every epoch)."""
+
+    def __init__(self, directory: Path, every: int) -> None:
+        self.directory, self.every = Path(directory), every
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        done = trainer.current_epoch + 1
+        if self.every > 0 and done % self.every == 0:
+            trainer.save_checkpoint(self.directory / f"epoch-{done:04d}.ckpt")
+
+
+def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """Lightning ``Trainer`` arguments shared by pretraining and finetuning.
+
+    Batch norm is synchronised across processes when there are several GPUs, every route of the
+    routed layers included (:class:`RoutedSyncBatchNorm`); PyTorch's SyncBatchNorm has no CPU
+    implementation, so CPU processes normalise their own batches (a warning says so).
+    """
+    config = recipe.trainer
+    devices = config.devices
+    several = (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
+    distributed = several or config.num_nodes > 1
+    on_gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
+    sync = config.sync_batchnorm and distributed and on_gpu
+    if config.sync_batchnorm and distributed and not on_gpu:
+        warnings.warn(
+            "SyncBatchNorm needs GPUs: with several CPU processes each one normalises its own batch", stacklevel=2
+        )
+    return {
+        "accelerator": config.accelerator,
+        "devices": devices,
+        "num_nodes": config.num_nodes,
+        "strategy": config.strategy,
+        "precision": config.precision,
+        "plugins": [AtomicCheckpointIO(), *([RoutedSyncBatchNorm()] if sync else [])],
+    }
+

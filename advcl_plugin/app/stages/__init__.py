@@ -1,0 +1,2 @@
+"""One module per stage of the ``advcl`` command: pretrain, pseudo-labels, finetune, evaluate, export,
+make-folder."""

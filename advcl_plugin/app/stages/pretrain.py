@@ -1,0 +1,127 @@
+"""``advcl pretrain``: AdvCL or a baseline with Lightning (``pytorch_lightning``, the trainer lightly uses).
+
+Example:
+    >>> from advcl_plugin.app.config import load_recipe
+    >>> from advcl_plugin.app.lightning import AdvCLPretrainModule
+    >>> module = AdvCLPretrainModule(load_recipe("demo", ["method=simclr"]).to_dict())
+    >>> module.objective.config.attack
+    'none'
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import yaml
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from advcl_plugin.app.artifacts import read_checkpoint, save_encoder, write_record
+from advcl_plugin.app.config import Recipe
+from advcl_plugin.app.data import EpochSeededSampler, pretraining_data
+from advcl_plugin.app.lightning import AdvCLPretrainModule, NumberedSnapshots, check_same_setup, trainer_kwargs
+from advcl_plugin.core.routed_bn import export_bn_route
+
+__all__ = ["export_encoder", "pretrain"]
+
+
+def export_encoder(module: AdvCLPretrainModule, path: str | Path, route: str | None = None) -> Path:
+    """Save the backbone with ordinary BatchNorm holding ``route`` (default: the method's
+    downstream route, ``pgd`` for adversarial methods) as a self-describing ``encoder.pt``."""
+    route = route or module.objective.config.downstream_route
+    info = {
+        "arch": module.recipe.model.arch,
+        "width": module.recipe.model.width,
+        "feature_dim": module.objective.feature_dim,
+        "route": route,
+        "method": module.recipe.method,
+        "recipe": module.recipe.name,
+    }
+    return save_encoder(export_bn_route(module.objective.backbone, route), path, info)
+
+
+def _resume_path(recipe: Recipe) -> Path | None:
+    if recipe.resume is None or recipe.resume == "never":
+        return None
+    if recipe.resume == "auto":
+        last = recipe.run_dir / "checkpoints" / "last.ckpt"
+        return last if last.is_file() else None
+    return Path(recipe.resume)
+
+
+def pretrain(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
+    """Pretrain as the recipe says; write checkpoints, logs and (when done) ``encoder.pt``.
+
+    Everything that can be checked without training is checked before the run directory is
+    touched (the recipe when it was read; here the checkpoint to resume, the data and the pseudo
+    labels). Returns a summary dict (also written to ``<run dir>/pretrain.json``).
+    """
+    resume = _resume_path(recipe)
+    if resume is not None:
+        saved = read_checkpoint(resume).get("hyper_parameters", {}).get("recipe")
+        if saved is None:
+            raise ValueError(f"{resume} was not written by advcl pretrain (no recipe in its hyper-parameters)")
+        check_same_setup(saved, recipe.to_dict(), resume)
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    module = AdvCLPretrainModule(recipe.to_dict())
+    dataset, labels = pretraining_data(recipe.data, recipe.pseudo_labels, module.pseudo_label_ks or None)
+    module.set_pseudo_labels(labels)
+    batch_size = recipe.optim.batch_size
+    if len(dataset) < batch_size:
+        raise ValueError(f"the training set has {len(dataset)} images, fewer than one batch of {batch_size}")
+
+    run_dir = recipe.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSeededSampler(len(dataset), recipe.seed),
+        drop_last=True,  # equal batches on every process (global negatives need equal shapes)
+        num_workers=recipe.data.num_workers,
+        persistent_workers=recipe.data.num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+    checkpoints = run_dir / "checkpoints"
+    callbacks = [
+        ModelCheckpoint(dirpath=checkpoints, filename="last", every_n_epochs=1, enable_version_counter=False),
+        NumberedSnapshots(checkpoints, recipe.trainer.save_every_n_epochs),
+    ]
+    max_epochs = min(recipe.trainer.max_epochs or recipe.optim.epochs, recipe.optim.epochs)
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=CSVLogger(str(run_dir), name="logs"),  # a new version per session: resumed runs keep old logs
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=recipe.trainer.log_every_n_steps,
+        num_sanity_val_steps=0,
+        limit_train_batches=recipe.trainer.limit_train_batches,
+        **trainer_kwargs(recipe),
+    )
+    if resume is not None:
+        print(f"resuming from {resume}")
+    started = time.perf_counter()
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume) if resume else None)
+    summary = {
+        "method": recipe.method,
+        "epochs_done": trainer.current_epoch,
+        "epochs_planned": recipe.optim.epochs,
+        "steps": trainer.global_step,
+        "seconds_this_session": time.perf_counter() - started,
+        "train_images": len(dataset),
+        "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "checkpoint": str(checkpoints / "last.ckpt"),
+    }
+    if trainer.current_epoch >= recipe.optim.epochs and trainer.is_global_zero:
+        summary["encoder"] = str(export_encoder(module, run_dir / "encoder.pt"))
+    elif trainer.is_global_zero:
+        print(f"stopped after {trainer.current_epoch}/{recipe.optim.epochs} epochs; run the same command to continue")
+    if trainer.is_global_zero:
+        write_record(run_dir / "pretrain.json", summary)
+    return summary

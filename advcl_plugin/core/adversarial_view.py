@@ -1,0 +1,149 @@
+"""An adversarial view for any self-supervised method: ``x + delta`` found by PGD against the
+method's own loss (the inner maximisation of eqs. 2 and 7), through the backbone's ``"pgd"`` BN route.
+
+One implementation serves every host: the lightly adapter re-exports it, and solo-learn's
+adversarial variants (``simclr_adv``, ``byol_adv``, ...) build one around their parent's loss.
+
+Example:
+    >>> import torch
+    >>> from advcl_plugin import AdversarialView, MultiViewNTXentLoss, ProjectionHead, cifar_resnet18
+    >>> backbone, head = cifar_resnet18(width=8), ProjectionHead(64)
+    >>> contrastive = MultiViewNTXentLoss()
+    >>> view = AdversarialView(backbone, lambda x: head(backbone(x)), lambda z, r: contrastive([z, r]), steps=2)
+    >>> x0, x1 = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    >>> z1 = head(backbone(x1))                       # clean view, BN route "normal"
+    >>> x_adv = view(x0, z1)                          # x0 + delta, ||delta|| <= 8/255
+    >>> loss = contrastive([view.embed_adversarial(x_adv), z1])   # through BN route "pgd"
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advcl_plugin.core.attack import check_pixel_range, pgd_linf
+from advcl_plugin.core.config import PAPER
+from advcl_plugin.core.pixels import normalize, unnormalize
+from advcl_plugin.core.routed_bn import bn_route, convert_to_multi_bn, routed_bn_layers
+
+__all__ = ["AdversarialView"]
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detach(v) for v in value)
+    return value
+
+
+class AdversarialView(nn.Module):
+    """Finds ``x + delta`` (L-inf PGD in [0, 1] pixels) that maximises a self-supervised loss, to be
+    added as an extra view; the backbone's batch norm is routed so that adversarial and clean
+    views keep separate statistics (route ``"pgd"`` and ``"normal"``).
+
+    The loss is any callable ``loss_fn(embed(x + delta), *references)``: a two-view loss (lightly's
+    ``NTXentLoss``, ``VICRegLoss``, ``NegativeCosineSimilarity`` for BYOL / SimSiam, solo-learn's
+    loss functions ...) with the other view's output as the reference, or a multi-view loss.
+    References are detached during the attack (they do not depend on delta).
+
+    Args:
+        backbone: the module whose BN layers get one route per view kind; converted in place
+            if it is not routed yet. It is referenced, not registered (it stays a sub-module of
+            your model only). For momentum encoders, route the momentum copy too (create this
+            view before ``copy.deepcopy(backbone)``, or ``convert_to_multi_bn(momentum_backbone,
+            ("normal", "pgd"))``) so that momentum updates pair parameters one to one.
+        embed: maps model inputs to what ``loss_fn`` takes, e.g. ``lambda x: head(backbone(x))``.
+        loss_fn: the method's loss, called as ``loss_fn(embed(x_adv), *references)``.
+        eps, steps, step_size, random_start: the L-inf PGD attack (default: the paper's 8/255, 5,
+            2/255, random start).
+        route, clean_route: BN route names for the adversarial and the clean views.
+        mean, std: if your pipeline normalises images, its statistics: inputs and outputs of
+            :meth:`forward` are then normalised, while the budget stays in pixel units. Inputs
+            that do not un-normalise to [0, 1] pixels with them are refused.
+
+    Shapes:
+        ``forward(x, *references)``: x (B, C, H, W) -> (B, C, H, W), detached.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        embed: Callable[[Tensor], Any],
+        loss_fn: Callable[..., Tensor],
+        eps: float = PAPER.eps,
+        steps: int = PAPER.steps,
+        step_size: float = PAPER.step_size,
+        random_start: bool = PAPER.random_start,
+        route: str = "pgd",
+        clean_route: str = "normal",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std (the pipeline's normalisation) or neither")
+        if not 0 <= eps <= 1 or step_size < 0 or steps < 0:
+            raise ValueError(
+                f"need 0 <= eps <= 1 (pixel units), step_size >= 0 and steps >= 0; got {eps}, {step_size}, {steps}"
+            )
+        layers = routed_bn_layers(backbone)
+        if not layers:
+            convert_to_multi_bn(backbone, (clean_route, route), primary=route)
+        elif route not in layers[0].route_names or clean_route not in layers[0].route_names:
+            raise ValueError(
+                f"the backbone is routed with {layers[0].route_names}; it needs {clean_route!r} and {route!r}"
+            )
+        object.__setattr__(self, "backbone", backbone)  # referenced, not registered
+        object.__setattr__(self, "embed", embed)
+        object.__setattr__(self, "loss_fn", loss_fn)
+        self.eps, self.steps, self.step_size, self.random_start = eps, steps, step_size, random_start
+        self.route, self.clean_route = route, clean_route
+        self.mean, self.std = mean, std
+
+    @contextlib.contextmanager
+    def adversarial_route(self) -> Iterator[None]:
+        """Run the backbone on its adversarial BN route inside this context."""
+        with bn_route(self.backbone, self.route):
+            yield
+
+    def embed_adversarial(self, x_adv: Tensor) -> Any:
+        """``embed(x_adv)`` through the adversarial BN route, with gradients (for the training loss)."""
+        with self.adversarial_route():
+            return self.embed(x_adv)
+
+    def to_pixels(self, x: Tensor) -> Tensor:
+        """Model inputs -> [0, 1] pixels (un-normalised with the pipeline's statistics, if given)."""
+        return x if self.mean is None else unnormalize(x, self.mean, self.std)  # type: ignore[arg-type]
+
+    def from_pixels(self, pixels: Tensor) -> Tensor:
+        """[0, 1] pixels -> model inputs (normalised with the pipeline's statistics, if given)."""
+        return pixels if self.mean is None else normalize(pixels, self.mean, self.std)  # type: ignore[arg-type]
+
+    def perturb_pixels(self, pixels: Tensor, *references: Any, generator: torch.Generator | None = None) -> Tensor:
+        """``pixels + delta`` in [0, 1] maximising ``loss_fn(embed(normalised(pixels + delta)), *references)``."""
+        frozen = _detach(references)
+        check_pixel_range(
+            pixels,
+            name="the adversarial view's start" + ("" if self.mean is None else " (un-normalised with mean/std)"),
+        )
+
+        def attack_loss(candidate: Tensor) -> Tensor:
+            return self.loss_fn(self.embed_adversarial(self.from_pixels(candidate)), *frozen)
+
+        return pgd_linf(
+            attack_loss, pixels, self.eps, self.steps, self.step_size, self.random_start, generator=generator
+        )
+
+    def forward(self, x: Tensor, *references: Any, generator: torch.Generator | None = None) -> Tensor:
+        """``x + delta`` maximising ``loss_fn(embed(x + delta), *references)``; same space as ``x``."""
+        return self.from_pixels(self.perturb_pixels(self.to_pixels(x), *references, generator=generator))
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps:.5f}, steps={self.steps}, step_size={self.step_size:.5f}, route={self.route!r}"

@@ -1,1 +1,0 @@
-"""Lightning training: pretraining, finetuning (lightly harness) and robust evaluation."""
