@@ -14,5 +14,5 @@ def require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as error:
         raise ImportError(
-            f"{module!r} is needed here but is not installed: pip install \"advcl-plugin[{extra}]\""
+            f'{module!r} is needed here but is not installed: pip install "advcl-plugin[{extra}]"'
         ) from error

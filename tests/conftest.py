@@ -15,6 +15,14 @@ def _seed_and_threads():
     yield
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A relative $ADVCL_DATA_DIR (the README's ``../shared/data``) is resolved against the directory
+    pytest was started from, once, so that tests running commands in temporary directories see it."""
+    value = os.environ.get(DATA_ENV)
+    if value:
+        os.environ[DATA_ENV] = str(Path(value).expanduser().resolve())
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The offline data folder from $ADVCL_DATA_DIR; tests needing it skip when it is absent."""

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from advcl_plugin import AdvCLObjective, cifar_resnet18
+from advcl_plugin import AdvCLConfig, AdvCLObjective, cifar_resnet18
 from advcl_plugin.tools.bench import BenchConfig, attack_precision_check
 
 
@@ -44,14 +44,14 @@ def test_bf16_attack_stays_in_budget():
 
 def test_cheaper_attack_options():
     torch.manual_seed(0)
-    objective = AdvCLObjective(cifar_resnet18(width=4), ks=(2,), steps=3)
+    objective = AdvCLObjective(cifar_resnet18(width=4), AdvCLConfig(ks=(2,), steps=3))
     x, t1, t2 = (torch.rand(4, 3, 32, 32) for _ in range(3))
     labels = torch.zeros(4, 1, dtype=torch.long)
-    _, logs = objective(x, t1, t2, labels, steps=0)  # a skipped batch: random start only
+    logs = objective(x, t1, t2, labels, steps=0).logs  # a skipped batch: random start only
     assert "attack_loss" not in logs and 0 < logs["delta_abs_max"] <= 8 / 255 + 1e-6
-    fixed = AdvCLObjective(cifar_resnet18(width=4), ks=(2,), steps=0, random_start=False)
-    _, logs = fixed(x, t1, t2, labels)
+    fixed = AdvCLObjective(cifar_resnet18(width=4), AdvCLConfig(ks=(2,), steps=0, random_start=False))
+    logs = fixed(x, t1, t2, labels).logs
     assert logs["delta_abs_max"] == 0
-    single = AdvCLObjective(cifar_resnet18(width=4), ks=(2,), steps=1, step_size=10 / 255)  # FGSM with random start
-    _, logs = single(x, t1, t2, labels)
+    single = AdvCLObjective(cifar_resnet18(width=4), AdvCLConfig(ks=(2,), steps=1, step_size=10 / 255))  # FGSM-RS
+    logs = single(x, t1, t2, labels).logs
     assert logs["delta_abs_max"] <= 8 / 255 + 1e-6

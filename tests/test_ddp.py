@@ -18,14 +18,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from advcl_plugin import AdvCLObjective, cifar_resnet18
+from advcl_plugin import AdvCLConfig, AdvCLObjective, cifar_resnet18
 
 WORLD, BATCH, KS = 2, 4, (2, 10)
 
 
 def make():
     torch.manual_seed(0)
-    objective = AdvCLObjective(cifar_resnet18(width=4), ks=KS, steps=2, random_start=False, gather_distributed=True)
+    config = AdvCLConfig(ks=KS, steps=2, random_start=False)
+    objective = AdvCLObjective(cifar_resnet18(width=4), config, gather_distributed=True)
     return objective.eval()  # fixed BN statistics: SyncBatchNorm is GPU-only
 
 
@@ -43,7 +44,7 @@ def worker(rank: int, store: str, out_dir: str) -> None:
         model = DistributedDataParallel(objective)
         (x, t1, t2), labels = batch()
         part = slice(rank * BATCH, (rank + 1) * BATCH)
-        loss, _ = model(x[part], t1[part], t2[part], labels[part])
+        loss = model(x[part], t1[part], t2[part], labels[part]).loss
         loss.backward()
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)
@@ -57,7 +58,7 @@ def test_one_ddp_step_equals_one_process_on_the_whole_batch(tmp_path):
     mp.spawn(worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
     objective = make()
     (x, t1, t2), labels = batch()
-    loss, _ = objective(x, t1, t2, labels)
+    loss = objective(x, t1, t2, labels).loss
     loss.backward()
     expected = {n: p.grad for n, p in objective.named_parameters() if p.grad is not None}
     for rank in range(WORLD):

@@ -83,7 +83,7 @@ def test_adversarial_view_stays_in_ball_and_raises_the_loss(images, loss_name):
     # the adversarial view gets gradients through the "pgd" route only
     view.embed_adversarial(x_adv).sum().backward()
     layer = routed_bn_layers(backbone)[0]
-    assert layer.routes["pgd"].weight.grad is not None and layer.routes["normal"].weight.grad is None
+    assert layer.weight.grad is not None and layer.aux_routes["normal"].weight.grad is None  # "pgd" is primary
 
 
 def test_pixel_budget_with_a_normalising_pipeline(images):

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from advcl_plugin import PseudoLabels, bn_route, cifar_resnet18
-from advcl_plugin.app.report import build_report, robustness_checks
 from advcl_plugin.app.artifacts import load_classifier, load_encoder
 from advcl_plugin.app.lightning import AdvCLPretrainModule
+from advcl_plugin.app.report import build_report, robustness_checks
 
 TINY = [
     "model.width=4",

@@ -5,7 +5,7 @@ import sys
 import torch
 from torch.utils.data import DataLoader
 
-from advcl_plugin import AdvCLObjective, PseudoLabels, cifar_resnet18
+from advcl_plugin import AdvCLConfig, AdvCLObjective, PseudoLabels, cifar_resnet18
 from advcl_plugin.data import AdvCLViews, IndexedDataset, align_pseudo_labels, load_dataset
 
 KS = (2, 10, 50, 100, 500)
@@ -18,11 +18,12 @@ def test_advcl_steps_on_real_images_lower_the_loss(data_dir):
         PseudoLabels.load(data_dir / "advcl_reference_pseudo_labels_cifar10.npz", ks=KS), dataset
     ).as_tensor(KS)
     (tau1, tau2, x), _, index = next(iter(DataLoader(IndexedDataset(dataset), batch_size=64, shuffle=True)))
-    objective = AdvCLObjective(cifar_resnet18(width=16), ks=KS, steps=2)
+    objective = AdvCLObjective(cifar_resnet18(width=16), AdvCLConfig(ks=KS, steps=2))
     optimizer = torch.optim.SGD(objective.parameters(), lr=0.1, momentum=0.9)
     losses = []
     for _ in range(6):
-        loss, logs = objective(x, tau1, tau2, labels[index], generator=torch.Generator().manual_seed(0))
+        out = objective(x, tau1, tau2, labels[index], generator=torch.Generator().manual_seed(0))
+        loss, logs = out.loss, out.logs
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -26,9 +26,9 @@ if not SOLO_ROOT or not (Path(SOLO_ROOT) / "main_pretrain.py").is_file():
 
 from advcl_plugin import PseudoLabels, cluster_pseudo_labels  # noqa: E402
 from advcl_plugin.app.config import DataConfig  # noqa: E402
+from advcl_plugin.app.stages.make_folder import write_image_folder  # noqa: E402
 from advcl_plugin.core.routed_bn import bn_route, export_bn_route  # noqa: E402
 from advcl_plugin.data import load_dataset  # noqa: E402
-from advcl_plugin.app.stages.make_folder import write_image_folder  # noqa: E402
 
 PKG = "pkg://advcl_plugin.recipes.solo"
 
@@ -72,13 +72,10 @@ def test_main_pretrain_with_advcl_then_main_linear(folder, tmp_path):
     ckpt_path = only_checkpoint(tmp_path / "models" / "advcl")
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     state = checkpoint["state_dict"]
-    assert checkpoint["advcl_downstream_route"] == "pgd"
-    assert any(k.startswith("routed_backbone.") and ".routes.pgd_ce." in k for k in state)
-    # backbone.* holds the "pgd" route as plain BatchNorm
-    pgd_weight = state["routed_backbone.bn1.routes.pgd.running_mean"]
-    torch.testing.assert_close(state["backbone.bn1.running_mean"], pgd_weight)
-    assert not torch.equal(pgd_weight, state["routed_backbone.bn1.routes.normal.running_mean"])
-    assert not any(".routes." in k for k in state if k.startswith("backbone."))
+    # backbone.* holds the "pgd" route under the native names, the other routes beside it
+    assert any(k.startswith("backbone.") and ".aux_routes.pgd_ce." in k for k in state)
+    pgd_weight = state["backbone.bn1.running_mean"]
+    assert not torch.equal(pgd_weight, state["backbone.bn1.aux_routes.normal.running_mean"])
 
     linear = solo_run(
         "linear", "--config-path", PKG, "--config-name", "linear_tiny_cpu",
@@ -116,9 +113,9 @@ def test_adversarial_variant_trains(folder, tmp_path, method):
     state = torch.load(only_checkpoint(tmp_path / "models" / method), map_location="cpu", weights_only=False)[
         "state_dict"
     ]
-    assert any(k.startswith("routed_backbone.") and ".routes.pgd." in k for k in state)
+    assert any(k.startswith("backbone.") and ".aux_routes.normal." in k for k in state)
     if method == "byol_adv":  # the momentum encoder is routed too, parameter for parameter
-        assert any(k.startswith("momentum_backbone.") and ".routes.pgd." in k for k in state)
+        assert any(k.startswith("momentum_backbone.") and ".aux_routes.normal." in k for k in state)
 
 
 def compose(name: str, overrides: list[str]):

@@ -231,7 +231,9 @@ def _dotlist(overrides: list[str], where: str) -> dict[str, Any]:
         raise ValueError(f"{where}: cannot read the overrides {overrides}: {str(error).splitlines()[0]}") from None
 
 
-def load_structured(schema: type, tree: dict[str, Any], overrides: list[str] | None = None, where: str = "recipe") -> Any:
+def load_structured(
+    schema: type, tree: dict[str, Any], overrides: list[str] | None = None, where: str = "recipe"
+) -> Any:
     """Validate ``tree`` (+ dotted ``overrides``) against the dataclass ``schema`` with OmegaConf and
     return the dataclass instance; every problem becomes one ``ValueError`` naming the key."""
     layers = [_fractions(tree), _fractions(_dotlist(overrides or [], where))]
@@ -302,7 +304,8 @@ def recipe_path(name_or_path: str | os.PathLike) -> Path:
     if shipped.is_file():
         return Path(str(shipped))
     raise FileNotFoundError(
-        f"recipe {str(name_or_path)!r} not found; shipped recipes: {available_recipes()}, studies: {available_studies()}"
+        f"recipe {str(name_or_path)!r} not found; shipped recipes: {available_recipes()}, "
+        f"studies: {available_studies()}"
     )
 
 

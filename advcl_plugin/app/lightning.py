@@ -230,4 +230,3 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
         "precision": config.precision,
         "plugins": [AtomicCheckpointIO(), *([RoutedSyncBatchNorm()] if sync else [])],
     }
-

@@ -166,8 +166,11 @@ def _arm_recipe(study: StudyConfig, arm: StudyArm, seed: int, overrides: list[st
     labels_path = recipe.run_dir / "clusterfit_pseudo_labels.npz"
     if not labels_path.is_file():
         ks = list(recipe.objective_config().ks)
-        _timed(timings, recipe.run_dir, f"{run_name} clusterfit",
-               lambda: make_pseudo_labels(source, recipe.data, ks, labels_path, seed=seed, progress=progress))  # fmt: skip
+
+        def clusterfit() -> object:
+            return make_pseudo_labels(source, recipe.data, ks, labels_path, seed=seed, progress=progress)
+
+        _timed(timings, recipe.run_dir, f"{run_name} clusterfit", clusterfit)
     return load_recipe(study.base, [*arm_overrides, f"pseudo_labels.path={labels_path}"])
 
 
@@ -208,9 +211,8 @@ def run_study(
             raise ValueError(f"unknown arm(s) {unknown}; the study has {[arm.name for arm in study.arms]}")
         study.arms = [arm for arm in study.arms if arm.name in arms]
     # every arm's recipe is read (and so validated) before anything runs
-    for seed in study.seeds:
-        for arm in study.arms:
-            load_recipe(study.base, [*study.overrides, *(overrides or []), *arm.overrides, f"method={arm.method}"])
+    for arm in study.arms:
+        load_recipe(study.base, [*study.overrides, *(overrides or []), *arm.overrides, f"method={arm.method}"])
     timings: dict[str, float] = {}
     eval_files: list[Path] = []
     per_arm: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -224,7 +226,9 @@ def run_study(
                 timings.update(json.loads(timings_file.read_text()))
             _pretrained(recipe, progress, timings)
             for mode in arm.modes:
-                with_autoattack = arm.autoattack is True or (isinstance(arm.autoattack, list) and mode in arm.autoattack)
+                with_autoattack = arm.autoattack is True or (
+                    isinstance(arm.autoattack, list) and mode in arm.autoattack
+                )
                 evaluation = _finetuned_and_evaluated(
                     recipe, mode, study.aa_samples if with_autoattack else 0, progress, timings
                 )

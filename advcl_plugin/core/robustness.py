@@ -97,7 +97,7 @@ def autoattack_accuracy(
     """Robust accuracy under AutoAttack (``pyautoattack``); progress is logged to stderr."""
     from advcl_plugin._optional import require
 
-    AutoAttack = require("pyautoattack", "eval").AutoAttack  # noqa: N806
+    AutoAttack = require("pyautoattack", "eval").AutoAttack
 
     model.eval()
     device = _device(model)

@@ -18,6 +18,9 @@ except ImportError as error:  # pragma: no cover - exercised only without solo-l
         "advcl_plugin.solo needs solo-learn: install it from its source (see the README, 'Use with solo-learn')"
     ) from error
 
+from omegaconf import OmegaConf
+
+from advcl_plugin.core.config import PAPER
 from advcl_plugin.solo.advcl import AdvCL
 from advcl_plugin.solo.adversarial import BYOLAdv, MoCoV2PlusAdv, SimCLRAdv, VICRegAdv
 
@@ -32,8 +35,16 @@ METHODS = {
 
 
 def register() -> None:
-    """Add :data:`METHODS` to ``solo.methods.METHODS`` (idempotent)."""
+    """Add :data:`METHODS` to ``solo.methods.METHODS`` (idempotent) and the ``${advcl_paper:<field>}``
+    resolver, which gives recipes the paper's value of an AdvCLConfig field (e.g. ``ks``)."""
     solo.methods.METHODS.update(METHODS)
+    if not OmegaConf.has_resolver("advcl_paper"):
+        OmegaConf.register_new_resolver("advcl_paper", lambda name: _paper_value(name))
+
+
+def _paper_value(name: str) -> object:
+    value = PAPER.to_dict()[name]
+    return list(value) if isinstance(value, tuple) else value
 
 
 register()

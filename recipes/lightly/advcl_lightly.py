@@ -1,79 +1,50 @@
-"""AdvCL assembled from lightly components and trained with pytorch_lightning.
+"""AdvCL in a lightly-style model trained with pytorch_lightning.
 
-lightly's ``SimCLRProjectionHead`` (Linear-BN-ReLU-Linear, AdvCL's head), ``LightlyDataset``
-and ``MultiViewTransform`` (as ``AdvCLTransform``), this package's ``AdvCLLoss``, pseudo-label
-heads, routed batch norm, HFC view and PGD.  After pretraining, the backbone's adversarial BN
-route is evaluated with lightly's ``LinearClassifier`` (SLF) and PGD / AutoAttack.
+lightly's ``LightlyDataset`` and ``MultiViewTransform`` (as ``AdvCLTransform``) feed the views;
+the package's ``AdvCLObjective`` (eqs. 9 + 10: the HFC view, the joint PGD attack on x_cl and
+x_ce, three BN routes, ``AdvCLLoss``'s terms) with AdvCL's own ``ProjectionHead``
+(Linear-BN-ReLU-Linear, as the authors'; lightly 1.6's ``SimCLRProjectionHead`` has no biases and
+ends in a BatchNorm, so it is not AdvCL's head) and ``PseudoLabelHeads``.  After pretraining, the
+backbone's adversarial BN route is evaluated with lightly's ``LinearClassifier`` (SLF) and PGD /
+AutoAttack.
 
     python recipes/lightly/advcl_lightly.py --epochs 1 --limit 512 --width 16
 
 Data: the exact-pixel CIFAR-10 copy from $ADVCL_DATA_DIR (``--dataset cifar10-offline``, the
 default) or torchvision's CIFAR-10 (``--dataset cifar10 --download``). Pseudo labels: the
-authors' file from the offline folder, or ``--pseudo-labels`` (``advcl pseudo-labels``).
+authors' file from the offline folder (``reference``), or ``--pseudo-labels`` (``advcl pseudo-labels``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from lightly.data import LightlyDataset
-from lightly.models.modules import SimCLRProjectionHead
 from torch.utils.data import DataLoader
 
-from advcl_plugin import (
-    PseudoLabelHeads,
-    PseudoLabels,
-    bn_route,
-    cifar_resnet18,
-    convert_to_multi_bn,
-    export_bn_route,
-    high_frequency,
-    pgd_linf,
-)
-from advcl_plugin.data import align_pseudo_labels, load_dataset
+from advcl_plugin import PAPER, AdvCLObjective, cifar_resnet18, export_bn_route
+from advcl_plugin.data import load_dataset, pseudo_labels_for
 from advcl_plugin.data.transforms import eval_transform, original_view_transform
-from advcl_plugin.lightly import AdvCLLoss, AdvCLTransform, robust_linear_evaluation
-
-KS = (2, 10, 50, 100, 500)
+from advcl_plugin.lightly import AdvCLTransform, robust_linear_evaluation
 
 
 class AdvCL(pl.LightningModule):
     def __init__(self, width: int, pseudo_labels: torch.Tensor, lr: float = 0.5 * 128 / 512) -> None:
         super().__init__()
-        self.backbone = convert_to_multi_bn(cifar_resnet18(width=width), ("normal", "pgd", "pgd_ce"))
-        dim = self.backbone.feature_dim
-        self.projection_head = SimCLRProjectionHead(dim, dim, 128)  # lightly: Linear-BN-ReLU-Linear
-        self.pseudo_label_heads = PseudoLabelHeads(dim, KS)
-        self.criterion = AdvCLLoss(temperature=0.5, pseudo_label_weight=0.2)
+        self.objective = AdvCLObjective(cifar_resnet18(width=width), PAPER)  # backbone, heads, attack, loss
         self.register_buffer("pseudo_labels", pseudo_labels, persistent=False)
         self.lr = lr
-
-    def project(self, x: torch.Tensor, route: str) -> torch.Tensor:
-        with bn_route(self.backbone, route):
-            return self.projection_head(self.backbone(x))
-
-    def logits(self, x: torch.Tensor) -> list[torch.Tensor]:
-        with bn_route(self.backbone, "pgd_ce"):
-            return self.pseudo_label_heads(self.backbone(x))
 
     def training_step(self, batch, batch_idx):
         (tau1, tau2, x), _, filenames = batch
         labels = self.pseudo_labels[torch.tensor([int(f) for f in filenames], device=self.device)]
-        clean = [self.project(v, "normal") for v in (tau1, tau2, high_frequency(x, radius=8))]
-        frozen = [z.detach() for z in clean]
-
-        def attack_loss(x_cl, x_ce):  # eqs. (9) + (10), cross-entropy summed while attacking
-            return self.criterion([self.project(x_cl, "pgd"), *frozen], self.logits(x_ce), labels, "sum")
-
-        x_cl, x_ce = pgd_linf(attack_loss, (x, x), eps=8 / 255, steps=5, step_size=2 / 255)
-        loss = self.criterion([self.project(x_cl, "pgd"), *clean], self.logits(x_ce), labels)
-        self.log("loss", loss, prog_bar=True)
-        return loss
+        out = self.objective(x, tau1, tau2, labels)
+        self.log_dict({"loss": out.loss, **{k: v for k, v in out.logs.items() if k != "loss"}}, prog_bar=True)
+        return out.loss
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=1e-4)
@@ -97,10 +68,7 @@ def main() -> None:
     pl.seed_everything(0)
 
     train = load_dataset(args.dataset, "train", download=args.download)
-    path = (
-        args.pseudo_labels or Path(os.environ.get("ADVCL_DATA_DIR", ".")) / "advcl_reference_pseudo_labels_cifar10.npz"
-    )
-    labels = align_pseudo_labels(PseudoLabels.load(path, ks=KS), train).as_tensor(KS)
+    labels = pseudo_labels_for(train, args.pseudo_labels or "reference", PAPER.ks)
     if args.limit:
         train, labels = train.subset(range(args.limit)), labels[: args.limit]
     dataset = LightlyDataset.from_torch_dataset(
@@ -113,7 +81,7 @@ def main() -> None:
     )
     trainer.fit(model, loader)
 
-    backbone = export_bn_route(model.backbone, "pgd")  # the adversarial BN, as the authors evaluate
+    backbone = export_bn_route(model.objective.backbone, "pgd")  # the adversarial BN, as the authors evaluate
     test = load_dataset(args.dataset, "test", download=args.download, transform=eval_transform())
     metrics = robust_linear_evaluation(
         backbone, backbone.feature_dim, train.num_classes, train.with_transform(original_view_transform(32)), test,

@@ -1,4 +1,4 @@
-"""``advcl evaluate``: evaluating a finetuned classifier of a run: the metrics of ``advcl_plugin.core.robustness`` on the
+"""``advcl evaluate``: a finetuned classifier of a run measured with ``advcl_plugin.core.robustness`` on the
 test split of the recipe's evaluation data, written as JSON (and test features for the t-SNE plot)."""
 
 from __future__ import annotations
