@@ -149,9 +149,13 @@ def test_robustness_checks_name_the_violation(tmp_path):
     assert "WARNING" in report["markdown"] and len(report["checks"]) == 3
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path, data_dir):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, data_dir, workers):
+    """SIGKILL mid-run, resume: bit for bit the uninterrupted run's weights, with any number of workers
+    (each sample's augmentation is drawn from (seed, epoch, index), not from a worker's history)."""
     env = dict(os.environ, ADVCL_DATA_DIR=str(data_dir))
-    args = ["pretrain", "-c", "demo", *[o for o in TINY if not o.startswith("optim.epochs")], "optim.epochs=4"]
+    args = ["pretrain", "-c", "demo", *[o for o in TINY if not o.startswith("optim.epochs")], "optim.epochs=4",
+            f"data.num_workers={workers}"]  # fmt: skip
     advcl(*args, "name=whole", cwd=tmp_path, env=env)
     process = subprocess.Popen(
         [sys.executable, "-m", "advcl_plugin.app.cli", "--quiet", *args, "name=killed"],
@@ -182,7 +186,8 @@ def test_clear_errors(run, tmp_path, data_dir):
     cwd, env = run
     # a checkpoint from another width / method
     other = advcl("pretrain", "-c", "demo", *TINY, "name=tiny", "model.width=8", cwd=cwd, env=env, check=False)
-    assert other.returncode == 2 and "another setup" in other.stderr and "model.width" in other.stderr
+    assert other.returncode == 2 and "other settings" in other.stderr and "model.width" in other.stderr
+    assert "resume=never" in other.stderr
     other = advcl("pretrain", "-c", "demo", *TINY, "name=tiny", "method=simclr", cwd=cwd, env=env, check=False)
     assert other.returncode == 2 and "method" in other.stderr
     with pytest.raises(ValueError, match="width 4, not the requested"):

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, FloatingPointError) as error:
         print(f"advcl {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

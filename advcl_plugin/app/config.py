@@ -325,7 +325,16 @@ def _positive(where: str, value: float | int | None, allow_zero: bool = False) -
 
 def _validate(recipe: Recipe) -> None:
     """Every check that does not need data: ranges, choices, and the objective's config."""
-    recipe.objective_config()
+    config = recipe.objective_config()
+    if config.frequency_views:
+        from advcl_plugin.core.frequency import check_radius
+        from advcl_plugin.data.datasets import dataset_image_size
+
+        size = recipe.data.image_size or dataset_image_size(recipe.data.dataset)
+        try:
+            check_radius(config.radius, size, size)
+        except ValueError as error:
+            raise ValueError(f"recipe.method_kwargs.radius: {error}") from None
     for name in recipe.finetune.modes:
         if name not in ("slf", "alf", "aff"):
             raise ValueError(f"finetune.modes may hold 'slf', 'alf', 'aff'; got {name!r}")

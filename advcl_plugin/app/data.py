@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from advcl_plugin.app.config import DataConfig, PseudoLabelConfig
 from advcl_plugin.data import (
@@ -21,6 +22,7 @@ from advcl_plugin.data.transforms import eval_transform
 
 __all__ = [
     "EpochSeededSampler",
+    "SeededSamples",
     "evaluation_loader",
     "load_split",
     "pretraining_data",
@@ -28,10 +30,12 @@ __all__ = [
 ]
 
 
-class EpochSeededSampler(Sampler[int]):
-    """Shuffles with a permutation drawn from ``seed + epoch``: the order of every epoch is fixed
-    by the seed alone, so a resumed run sees the same batches as an uninterrupted one.
-    Lightning calls :meth:`set_epoch` at the start of every epoch."""
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """Shuffles with a permutation drawn from ``seed + epoch`` and yields ``(epoch, index)`` keys: the
+    order of every epoch is fixed by the seed alone, and the key lets :class:`SeededSamples` draw each
+    sample's augmentation from ``(seed, epoch, index)``, so a resumed run sees the same batches and
+    views as an uninterrupted one, whatever the number of workers. Lightning calls :meth:`set_epoch`
+    at the start of every epoch."""
 
     def __init__(self, size: int, seed: int = 0) -> None:
         self.size, self.seed, self.epoch = size, seed, 0
@@ -39,12 +43,31 @@ class EpochSeededSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch  # fixed for this pass, even if set_epoch is called while it is consumed
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return iter([(epoch, index) for index in torch.randperm(self.size, generator=generator).tolist()])
 
     def __len__(self) -> int:
         return self.size
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset with random transforms so that item ``(epoch, index)`` is drawn with torch's
+    generator seeded from ``(seed, epoch, index)`` (the caller's random state is left as it was):
+    the augmentations no longer depend on which worker makes a sample or on its history."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            return self.dataset[index]
 
 
 def target_image_size(config: DataConfig) -> int:

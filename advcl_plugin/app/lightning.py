@@ -89,18 +89,41 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+#: recipe keys that do not change the training trajectory (they may differ when a run is resumed)
+_FREE_KEYS = (
+    "name", "output_dir", "resume", "finetune", "evaluate", "data.num_workers", "data.root", "data.data_dir",
+    "data.download", "trainer.max_epochs", "trainer.save_every_n_epochs", "trainer.log_every_n_steps",
+    "trainer.accelerator",
+)  # fmt: skip
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "method_kwargs":
+            flat |= _flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
 def check_same_setup(saved: dict[str, Any], current: dict[str, Any], path: str | os.PathLike) -> None:
-    """Refuse to resume a run from a checkpoint of another method, backbone or width."""
-    fields = {
-        "method": (saved.get("method"), current.get("method")),
-        "model.arch": (saved.get("model", {}).get("arch"), current.get("model", {}).get("arch")),
-        "model.width": (saved.get("model", {}).get("width"), current.get("model", {}).get("width")),
-        "method_kwargs": (saved.get("method_kwargs"), current.get("method_kwargs")),
+    """Refuse to resume a run from a checkpoint whose settings would give another trajectory (method,
+    network, data, seed, optimiser, schedule, precision ...), naming every difference and the ways out."""
+    old, new = _flatten(saved), _flatten(current)
+    free = tuple(f"{key}." for key in _FREE_KEYS)
+    different = {
+        key: (old.get(key), new.get(key))
+        for key in sorted(set(old) | set(new))
+        if key not in _FREE_KEYS and not key.startswith(free) and old.get(key) != new.get(key)
     }
-    different = {k: v for k, v in fields.items() if v[0] != v[1]}
     if different:
         details = "; ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in different.items())
-        raise ValueError(f"checkpoint {path} comes from another setup ({details}); use another output_dir or name")
+        raise ValueError(
+            f"{path} was trained with other settings ({details}); resuming would not continue the same run. "
+            "Run with the checkpoint's settings, start over with resume=never, or pick another name"
+        )
 
 
 class AdvCLPretrainModule(pl.LightningModule):
@@ -151,6 +174,12 @@ class AdvCLPretrainModule(pl.LightningModule):
             tau1, tau2, x_orig = (t.contiguous(memory_format=torch.channels_last) for t in (tau1, tau2, x_orig))
         skip_attack = self.recipe.attack_every > 1 and batch_idx % self.recipe.attack_every != 0
         out = self.objective(x_orig, tau1, tau2, labels, steps=0 if skip_attack else None)
+        if not bool(torch.isfinite(out.loss)):
+            raise FloatingPointError(
+                f"the training loss became {float(out.loss)} at epoch {self.current_epoch}, step {self.global_step} "
+                "(a learning rate too high for this batch size?); training stopped, the last good checkpoint is "
+                "kept (checkpoints/last.ckpt)"
+            )
         logs = dict(out.logs)
         batch_size = x_orig.shape[0]
         # per step (every log_every_n_steps) and as epoch means ("..._epoch" columns of metrics.csv)

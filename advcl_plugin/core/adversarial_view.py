@@ -119,8 +119,20 @@ class AdversarialView(nn.Module):
             return self.embed(x_adv)
 
     def to_pixels(self, x: Tensor) -> Tensor:
-        """Model inputs -> [0, 1] pixels (un-normalised with the pipeline's statistics, if given)."""
-        return x if self.mean is None else unnormalize(x, self.mean, self.std)  # type: ignore[arg-type]
+        """Model inputs -> [0, 1] pixels (un-normalised with the pipeline's statistics, if given).
+
+        With mean/std given, a batch whose values all lie in [0, 1] is refused: normalised natural
+        images have values below 0 (pixels darker than the mean), so such a batch comes from a
+        pipeline that does not normalise, and un-normalising it would attack the wrong pixels.
+        """
+        if self.mean is None:
+            return x
+        if x.numel() >= 3 * 32 * 32 * 2 and float(x.min()) >= 0 and float(x.max()) <= 1:
+            raise ValueError(
+                "AdversarialView was given mean/std, but this batch lies in [0, 1] like un-normalised pixels: "
+                "drop mean/std if your pipeline does not normalise (otherwise the budget would be wrong)"
+            )
+        return unnormalize(x, self.mean, self.std)  # type: ignore[arg-type]
 
     def from_pixels(self, pixels: Tensor) -> Tensor:
         """[0, 1] pixels -> model inputs (normalised with the pipeline's statistics, if given)."""

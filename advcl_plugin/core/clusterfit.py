@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,28 +236,16 @@ class PseudoLabels:
             raise FileNotFoundError(f"pseudo-label file not found: {path}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        with np.load(path, allow_pickle=False) as archive:
-            keys = set(archive.files)
-            if "meta" in keys:
-                if split != "train":
-                    raise ValueError(f"{path} holds one split only; split={split!r} is not available")
-                meta = json.loads(str(archive["meta"]))
-                labels = {int(k[1:]): archive[k] for k in keys if k.startswith("k") and k[1:].isdigit()}
-                dataset, count, encoder = meta.pop("dataset"), int(meta.pop("num_samples")), meta.pop("encoder")
-                meta.pop("ks", None)
-                extra = meta
-            else:
-                prefix = "k" if split == "train" else "test_k"
-                labels = {
-                    int(k[len(prefix) :]): archive[k]
-                    for k in keys
-                    if k.startswith(prefix) and k[len(prefix) :].isdigit()
-                }
-                if not labels:
-                    raise ValueError(f"{path} holds no pseudo-label arrays named {prefix}<K>")
-                count = len(next(iter(labels.values())))
-                dataset = f"cifar10-{split}" if count in (50000, 10000) else f"unknown ({path.name})"
-                encoder, extra = REFERENCE_ENCODER, {"source": str(path.name)}
+        try:
+            labels, dataset, count, encoder, extra = _read_label_archive(path, split)
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+            if isinstance(error, ValueError) and str(error).startswith(str(path)):
+                raise
+            raise ValueError(
+                f"{path} is not a readable pseudo-label file (an .npz written by `advcl pseudo-labels`, or the "
+                f"authors' reference file): {type(error).__name__}: {error}. Pseudo-label files are data: "
+                "files that need pickle are refused"
+            ) from None
         result = cls(labels, dataset=dataset, num_samples=count, encoder=encoder, extra=extra)
         if num_samples is not None or ks is not None:
             result.check(result.num_samples if num_samples is None else num_samples, ks)
@@ -267,3 +256,28 @@ class PseudoLabels:
             f"PseudoLabels(dataset={self.dataset!r}, num_samples={self.num_samples}, "
             f"ks={list(self.ks)}, encoder={self.encoder!r})"
         )
+
+
+def _read_label_archive(path: Path, split: str) -> tuple[dict[int, np.ndarray], str, int, str, dict]:
+    """Arrays and metadata of a pseudo-label ``.npz`` (``allow_pickle=False``: files are data)."""
+    with np.load(path, allow_pickle=False) as archive:
+        keys = set(archive.files)
+        if "meta" in keys:
+            if split != "train":
+                raise ValueError(f"{path} holds one split only; split={split!r} is not available")
+            meta = json.loads(str(archive["meta"]))
+            labels = {int(k[1:]): archive[k] for k in keys if k.startswith("k") and k[1:].isdigit()}
+            dataset, count, encoder = meta.pop("dataset"), int(meta.pop("num_samples")), meta.pop("encoder")
+            meta.pop("ks", None)
+            extra = meta
+        else:
+            prefix = "k" if split == "train" else "test_k"
+            labels = {
+                int(k[len(prefix) :]): archive[k] for k in keys if k.startswith(prefix) and k[len(prefix) :].isdigit()
+            }
+            if not labels:
+                raise ValueError(f"{path} holds no pseudo-label arrays named {prefix}<K>")
+            count = len(next(iter(labels.values())))
+            dataset = f"cifar10-{split}" if count in (50000, 10000) else f"unknown ({path.name})"
+            encoder, extra = REFERENCE_ENCODER, {"source": str(path.name)}
+    return labels, dataset, count, encoder, extra

@@ -186,7 +186,13 @@ def solo_linear_classifier(checkpoint: str) -> tuple[Any, dict | None]:
 
     from advcl_plugin.core.pixels import NormalizedEncoder
 
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:  # files are data: no pickle that could run code
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"{checkpoint} cannot be read as data (weights only): {str(error).splitlines()[0]}; advcl-solo refuses "
+            "checkpoints that need arbitrary unpickling"
+        ) from None
     cfg = payload.get("hyper_parameters", {}).get("cfg")
     arguments = Path(checkpoint).with_name("args.json")  # solo-learn's checkpointer saves the config there
     if cfg is None and arguments.is_file():
@@ -233,7 +239,11 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--quiet", action="store_true")
     import advcl_plugin.solo  # noqa: F401
 
-    _evaluate(evaluate.parse_args(rest))
+    try:
+        _evaluate(evaluate.parse_args(rest))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"advcl-solo evaluate: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from advcl_plugin.app.artifacts import read_checkpoint, save_encoder, write_record
 from advcl_plugin.app.config import Recipe
-from advcl_plugin.app.data import EpochSeededSampler, pretraining_data
+from advcl_plugin.app.data import EpochSeededSampler, SeededSamples, pretraining_data
 from advcl_plugin.app.lightning import AdvCLPretrainModule, NumberedSnapshots, check_same_setup, trainer_kwargs
 from advcl_plugin.core.routed_bn import export_bn_route
 
@@ -62,8 +62,16 @@ def pretrain(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     labels). Returns a summary dict (also written to ``<run dir>/pretrain.json``).
     """
     resume = _resume_path(recipe)
+    next_epoch = 0
     if resume is not None:
-        saved = read_checkpoint(resume).get("hyper_parameters", {}).get("recipe")
+        try:
+            payload = read_checkpoint(resume)
+        except ValueError as error:
+            older = sorted(resume.parent.glob("epoch-*.ckpt"))
+            hint = f"resume from an older one: resume={older[-1]}" if older else "start over with resume=never"
+            raise ValueError(f"{error}; {hint}") from None
+        saved = payload.get("hyper_parameters", {}).get("recipe") if isinstance(payload, dict) else None
+        next_epoch = int(payload.get("epoch", -1)) + 1
         if saved is None:
             raise ValueError(f"{resume} was not written by advcl pretrain (no recipe in its hyper-parameters)")
         check_same_setup(saved, recipe.to_dict(), resume)
@@ -78,10 +86,14 @@ def pretrain(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     run_dir = recipe.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    sampler = EpochSeededSampler(len(dataset), recipe.seed)
+    # workers may draw the first epoch's order before Lightning sets the epoch: start where the checkpoint left off
+    sampler.set_epoch(next_epoch)
     loader = DataLoader(
-        dataset,
+        SeededSamples(dataset, recipe.seed),
         batch_size=batch_size,
-        sampler=EpochSeededSampler(len(dataset), recipe.seed),
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(recipe.seed),  # workers' seeds: not from the global RNG
         drop_last=True,  # equal batches on every process (global negatives need equal shapes)
         num_workers=recipe.data.num_workers,
         persistent_workers=recipe.data.num_workers > 0,
