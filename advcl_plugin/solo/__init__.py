@@ -1,10 +1,11 @@
 """solo-learn integration.
 
 ``import advcl_plugin.solo`` registers ``advcl`` and the adversarial variants ``simclr_adv``,
-``byol_adv``, ``mocov2plus_adv`` and ``vicreg_adv`` in ``solo.methods.METHODS``, so that
-solo-learn's ``main_pretrain.py`` finds them by the ``method:`` key of a recipe.  The
-``advcl-solo`` launcher does this (and adapts solo-learn's defaults to current Lightning)
-before running solo-learn's own scripts.
+``byol_adv``, ``mocov2plus_adv``, ``vicreg_adv``, ``simsiam_adv`` and ``barlow_twins_adv`` in
+``solo.methods.METHODS``, so that solo-learn's own ``main_pretrain.py`` finds them by the
+``method:`` key of a recipe; that import is all a solo-learn script needs.  The ``advcl-solo``
+launcher does it and also calls :func:`apply_lightning_compat` (solo-learn 1.0.6's k-NN and
+``devices`` handling under current Lightning/torchmetrics) before running solo-learn's scripts.
 
 Requires solo-learn (installed from its source) and ``lightning``.
 """
@@ -22,7 +23,8 @@ from omegaconf import OmegaConf
 
 from advcl_plugin.core.config import PAPER
 from advcl_plugin.solo.advcl import AdvCL
-from advcl_plugin.solo.adversarial import BYOLAdv, MoCoV2PlusAdv, SimCLRAdv, VICRegAdv
+from advcl_plugin.solo.adversarial import BarlowTwinsAdv, BYOLAdv, MoCoV2PlusAdv, SimCLRAdv, SimSiamAdv, VICRegAdv
+from advcl_plugin.solo.launcher import apply_lightning_compat
 
 #: methods this package adds to solo-learn
 METHODS = {
@@ -31,6 +33,8 @@ METHODS = {
     "byol_adv": BYOLAdv,
     "mocov2plus_adv": MoCoV2PlusAdv,
     "vicreg_adv": VICRegAdv,
+    "simsiam_adv": SimSiamAdv,
+    "barlow_twins_adv": BarlowTwinsAdv,
 }
 
 
@@ -49,4 +53,15 @@ def _paper_value(name: str) -> object:
 
 register()
 
-__all__ = ["METHODS", "AdvCL", "BYOLAdv", "MoCoV2PlusAdv", "SimCLRAdv", "VICRegAdv", "register"]
+__all__ = [
+    "METHODS",
+    "AdvCL",
+    "BYOLAdv",
+    "BarlowTwinsAdv",
+    "MoCoV2PlusAdv",
+    "SimCLRAdv",
+    "SimSiamAdv",
+    "VICRegAdv",
+    "apply_lightning_compat",
+    "register",
+]

@@ -24,11 +24,12 @@ from advcl_plugin.core.pixels import NormalizedEncoder, random_padded_crop, unno
 from advcl_plugin.core.routed_bn import convert_to_multi_bn
 from advcl_plugin.data.pseudo_labels import pseudo_labels_for_file
 from advcl_plugin.solo.common import (
-    class_step,
+    RoutedMethodMixin,
     pipeline_statistics,
+    probe_outputs,
+    refuse_dali,
     split_method_kwargs,
     split_original_view,
-    upgrade_legacy_checkpoint,
 )
 
 __all__ = ["SOLO_KWARGS", "AdvCL"]
@@ -43,17 +44,23 @@ SOLO_KWARGS: dict[str, Any] = {
 }
 
 
-class AdvCL(BaseMethod):
-    """AdvCL (Fan et al., NeurIPS 2021) on solo-learn's BaseMethod: eq. (9) + lambda * eq. (10)."""
+class AdvCL(RoutedMethodMixin, BaseMethod):
+    """AdvCL (Fan et al., NeurIPS 2021) on solo-learn's BaseMethod: eq. (9) + lambda * eq. (10).
+
+    The online probe and k-NN see the exported route ``"pgd"`` (:class:`RoutedMethodMixin`); solo-learn's
+    multi-crop and DALI are refused with a message (AdvCL's loss has fixed views; DALI cannot carry the
+    original view or the sample indexes the pseudo labels need).
+    """
 
     def __init__(self, cfg: omegaconf.DictConfig) -> None:
+        refuse_dali(cfg, "advcl")
         core, own = split_method_kwargs(cfg, SOLO_KWARGS, "advcl", AdvCLConfig.field_names())
         if own["proj_output_dim"] is not None:
             core["projection_dim"] = own["proj_output_dim"]
         config = AdvCLConfig.from_mapping(core, where="method_kwargs")
         super().__init__(cfg)
         self.config, self.solo_kwargs = config, own
-        self.original_view_index = split_original_view(self, cfg, required=True)
+        self.original_view_index = split_original_view(self, cfg, required=True, multicrop=False)
         self.pixel_mean, self.pixel_std = pipeline_statistics(cfg)
         convert_to_multi_bn(self.backbone, config.bn_routes)
         self.projector = ProjectionHead(
@@ -100,10 +107,6 @@ class AdvCL(BaseMethod):
                 )
         super().on_train_start()
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        upgrade_legacy_checkpoint(checkpoint)
-        super().on_load_checkpoint(checkpoint)
-
     def pixels(self, views: Tensor) -> Tensor:
         """Undo the pipeline's normalisation: [0, 1] pixels."""
         return unnormalize(views.float(), self.pixel_mean, self.pixel_std)
@@ -116,6 +119,25 @@ class AdvCL(BaseMethod):
         )
         labels = self.pseudo_labels[indexes] if self.pseudo_labels.numel() else None
         out = self.objective(original, tau1, tau2, labels)
-        class_loss = class_step(self, out.clean_features[:2], targets)
         self.log_dict({f"train_{k}": v for k, v in out.logs.items()}, on_epoch=True, sync_dist=True)
-        return out.loss + class_loss
+        return out.loss + self.online_evaluation_step(views[:2], targets)
+
+    def online_evaluation_step(self, views: list[Tensor], targets: Tensor) -> Tensor:
+        """solo-learn's online linear probe and k-NN on the exported route for the two large crops, logged as
+        solo-learn's built-in methods log them; returns the probe's loss (it trains only the classifier)."""
+        outs = [probe_outputs(self, view, targets) for view in views]
+        loss = sum(out["loss"] for out in outs) / len(outs)
+        self.log_dict(
+            {
+                "train_class_loss": loss,
+                "train_acc1": sum(out["acc1"] for out in outs) / len(outs),
+                "train_acc5": sum(out["acc5"] for out in outs) / len(outs),
+            },
+            on_epoch=True,
+            sync_dist=True,
+        )
+        if self.knn_eval:
+            repeated = targets.repeat(len(outs))
+            mask = repeated != -1
+            self.knn(train_features=torch.cat([out["feats"] for out in outs])[mask], train_targets=repeated[mask])
+        return loss

@@ -1,5 +1,5 @@
 """The adversarial view for solo-learn's other methods: ``simclr_adv``, ``byol_adv``,
-``mocov2plus_adv``, ``vicreg_adv``.
+``mocov2plus_adv``, ``vicreg_adv``, ``simsiam_adv``, ``barlow_twins_adv``.
 
 Each variant trains its parent method exactly as solo-learn does (clean crops, BN route
 ``"normal"``) and adds one view ``x + delta`` from the core's
@@ -9,7 +9,9 @@ loss between ``x + delta`` and the first crop (for BYOL and MoCo v2+, the moment
 output of that crop), through the backbone's ``"pgd"`` BN route, and the same loss at
 ``x + delta`` is added to the training loss with weight ``adv_weight``.  ``x`` is AdvCL's original
 view when the recipe declares one (as a small crop, see
-:data:`advcl_plugin.solo.common.ORIGINAL_VIEW_HELP`), else the first crop.  Momentum encoders get
+:data:`advcl_plugin.solo.common.ORIGINAL_VIEW_HELP`), else the first crop.  Extra small crops
+(multi-crop) go to the parent for ``simclr_adv`` and ``byol_adv``, whose parents use them; the other
+variants refuse them.  Momentum encoders get
 the same routed BN, so the momentum update pairs parameters one to one.
 """
 
@@ -19,13 +21,17 @@ from typing import Any
 
 import omegaconf
 import torch
+from solo.losses.barlow import barlow_loss_func
 from solo.losses.byol import byol_loss_func
 from solo.losses.mocov2plus import mocov2plus_loss_func
 from solo.losses.simclr import simclr_loss_func
+from solo.losses.simsiam import simsiam_loss_func
 from solo.losses.vicreg import vicreg_loss_func
+from solo.methods.barlow_twins import BarlowTwins
 from solo.methods.byol import BYOL
 from solo.methods.mocov2plus import MoCoV2Plus
 from solo.methods.simclr import SimCLR
+from solo.methods.simsiam import SimSiam
 from solo.methods.vicreg import VICReg
 from torch import Tensor
 
@@ -34,13 +40,23 @@ from advcl_plugin.core.config import PAPER, PAPER_VIEWS
 from advcl_plugin.core.pixels import random_padded_crop
 from advcl_plugin.core.routed_bn import convert_to_multi_bn
 from advcl_plugin.solo.common import (
+    RoutedMethodMixin,
     pipeline_statistics,
+    probe_outputs,
+    refuse_dali,
     split_method_kwargs,
     split_original_view,
-    upgrade_legacy_checkpoint,
 )
 
-__all__ = ["ADVERSARIAL_DEFAULTS", "BYOLAdv", "MoCoV2PlusAdv", "SimCLRAdv", "VICRegAdv"]
+__all__ = [
+    "ADVERSARIAL_DEFAULTS",
+    "BYOLAdv",
+    "BarlowTwinsAdv",
+    "MoCoV2PlusAdv",
+    "SimCLRAdv",
+    "SimSiamAdv",
+    "VICRegAdv",
+]
 
 #: extra method_kwargs of the adversarial variants (the parent's own keys stay as they are)
 ADVERSARIAL_DEFAULTS: dict[str, Any] = {
@@ -52,17 +68,24 @@ ADVERSARIAL_DEFAULTS: dict[str, Any] = {
 }
 
 
-class AdversarialViewMixin:
-    """Adds ``x + delta`` (PGD against the method's own loss, BN route ``pgd``) as a view."""
+class AdversarialViewMixin(RoutedMethodMixin):
+    """Adds ``x + delta`` (PGD against the method's own loss, BN route ``pgd``) as a view.
+
+    The online probe and k-NN see the exported route ``"pgd"`` (:class:`RoutedMethodMixin`).
+    """
+
+    #: whether the parent method takes solo-learn's extra small crops (multi-crop)
+    takes_small_crops: bool = False
 
     def __init__(self, cfg: omegaconf.DictConfig) -> None:
+        refuse_dali(cfg, str(cfg.method))
         given = omegaconf.OmegaConf.to_container(cfg.method_kwargs, resolve=True) or {}
         parent_keys = tuple(k for k in given if k not in ADVERSARIAL_DEFAULTS)
         _, adversarial = split_method_kwargs(cfg, ADVERSARIAL_DEFAULTS, type(self).__name__, parent_keys)
         cfg.method_kwargs = omegaconf.OmegaConf.create({k: given[k] for k in parent_keys})  # the parent's own keys
         super().__init__(cfg)  # type: ignore[call-arg]
         self.adversarial = adversarial
-        self.original_view_index = split_original_view(self, cfg, required=False)
+        self.original_view_index = split_original_view(self, cfg, required=False, multicrop=self.takes_small_crops)
         mean, std = pipeline_statistics(cfg)
         convert_to_multi_bn(self.backbone, ("normal", "pgd"))  # type: ignore[attr-defined]
         if hasattr(self, "momentum_backbone"):
@@ -89,9 +112,12 @@ class AdversarialViewMixin:
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        upgrade_legacy_checkpoint(checkpoint)
-        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+    def base_training_step(self, X: Tensor, targets: Tensor) -> dict[str, Any]:
+        """The parent's outputs for one large crop, with the online probe and the k-NN's features taken
+        from the exported route (the parent's projections, which carry the gradient, are unchanged)."""
+        out = super().base_training_step(X, targets)  # type: ignore[misc]
+        out.update(probe_outputs(self, X, targets))
+        return out
 
     def training_step(self, batch: list[Any], batch_idx: int) -> Tensor:
         indexes, views, targets = batch
@@ -122,6 +148,8 @@ class AdversarialViewMixin:
 class SimCLRAdv(AdversarialViewMixin, SimCLR):
     """SimCLR + adversarial view: NT-Xent between x + delta and the first crop."""
 
+    takes_small_crops = True  # solo-learn's SimCLR contrasts every crop
+
     def adversarial_reference(self, view: Tensor) -> Tensor:
         return self(view)["z"]
 
@@ -134,6 +162,8 @@ class SimCLRAdv(AdversarialViewMixin, SimCLR):
 class BYOLAdv(AdversarialViewMixin, BYOL):
     """BYOL + adversarial view: prediction of x + delta against the momentum projection of the first crop."""
 
+    takes_small_crops = True  # solo-learn's BYOL predicts the large crops' momentum projections from every crop
+
     def adversarial_reference(self, view: Tensor) -> Tensor:
         return self.momentum_forward(view)["z"]
 
@@ -142,14 +172,19 @@ class BYOLAdv(AdversarialViewMixin, BYOL):
 
 
 class MoCoV2PlusAdv(AdversarialViewMixin, MoCoV2Plus):
-    """MoCo v2+ + adversarial view: query x + delta, key = momentum first crop, negatives = the queue
-    (read, not updated, by the adversarial view)."""
+    """MoCo v2+ + adversarial view: query x + delta, key = momentum projection of the first crop,
+    negatives = the first crop's queue as it was before this batch's keys were enqueued (as for
+    MoCo's own queries; the adversarial view reads the queue and never updates it)."""
+
+    def training_step(self, batch: list[Any], batch_idx: int) -> Tensor:
+        self.negatives = self.queue[0].clone().detach()  # the parent's step enqueues this batch's keys
+        return super().training_step(batch, batch_idx)
 
     def adversarial_reference(self, view: Tensor) -> Tensor:
         return self.momentum_forward(view)["z"]
 
     def adversarial_view_loss(self, out: dict[str, Tensor], reference: Tensor, indexes: Tensor) -> Tensor:
-        return mocov2plus_loss_func(out["z"], reference, self.queue[1].clone().detach(), self.temperature)
+        return mocov2plus_loss_func(out["z"], reference, self.negatives, self.temperature)
 
 
 class VICRegAdv(AdversarialViewMixin, VICReg):
@@ -166,3 +201,24 @@ class VICRegAdv(AdversarialViewMixin, VICReg):
             var_loss_weight=self.var_loss_weight,
             cov_loss_weight=self.cov_loss_weight,
         )
+
+
+class SimSiamAdv(AdversarialViewMixin, SimSiam):
+    """SimSiam + adversarial view: prediction of x + delta against the (stop-gradient) projection of the
+    first crop."""
+
+    def adversarial_reference(self, view: Tensor) -> Tensor:
+        return self(view)["z"].detach()
+
+    def adversarial_view_loss(self, out: dict[str, Tensor], reference: Tensor, indexes: Tensor) -> Tensor:
+        return simsiam_loss_func(out["p"], reference)
+
+
+class BarlowTwinsAdv(AdversarialViewMixin, BarlowTwins):
+    """Barlow Twins + adversarial view: Barlow Twins loss between x + delta and the first crop."""
+
+    def adversarial_reference(self, view: Tensor) -> Tensor:
+        return self(view)["z"]
+
+    def adversarial_view_loss(self, out: dict[str, Tensor], reference: Tensor, indexes: Tensor) -> Tensor:
+        return barlow_loss_func(out["z"], reference, lamb=self.lamb, scale_loss=self.scale_loss)

@@ -1,32 +1,49 @@
 """Pieces shared by the solo-learn methods of this package: reading ``method_kwargs``, the pipeline's
-normalisation, the original view, the online linear probe and old checkpoints."""
+normalisation, the original view, the online probe and k-NN on the exported route, and old checkpoints."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import omegaconf
 import torch
+from lightning.pytorch.plugins.layer_sync import LayerSync
 from torch import Tensor
 
 from advcl_plugin.core.config import parse_number
-from advcl_plugin.core.routed_bn import convert_legacy_routed_state_dict, is_legacy_routed_state_dict
+from advcl_plugin.core.routed_bn import (
+    bn_route,
+    convert_legacy_routed_state_dict,
+    convert_routed_sync_batchnorm,
+    is_legacy_routed_state_dict,
+)
 
 __all__ = [
+    "EXPORTED_ROUTE",
     "ORIGINAL_VIEW_HELP",
-    "class_step",
+    "RoutedMethodMixin",
+    "RoutedSyncBatchNorm",
+    "exported_route_features",
+    "keep_routes_under_sync_batchnorm",
     "pipeline_statistics",
+    "probe_outputs",
+    "refuse_dali",
     "split_method_kwargs",
     "split_original_view",
     "upgrade_legacy_checkpoint",
 ]
 
 ORIGINAL_VIEW_HELP = (
-    "declare AdvCL's original view as the last entry of `augmentations` with `crop_size: [32, 32]` "
-    "(a list, so that solo-learn counts it as a small crop), rrc disabled, horizontal_flip 0.5 and "
-    "every other probability 0; the method adds the 4-pixel padded random crop itself"
+    "declare AdvCL's original view as the last entry of `augmentations` with `original_view: true`, "
+    "`crop_size: [32, 32]` (a list, so that solo-learn counts it apart from the large crops), `num_crops: 1`, "
+    "rrc disabled, horizontal_flip 0.5 and every other probability 0 (recipes/solo/augmentations/advcl.yaml); "
+    "the method adds the 4-pixel padded random crop itself"
 )
+
+#: the BN route a downstream user evaluates: main_linear.py loads it (native names, ``backbone.*``)
+EXPORTED_ROUTE = "pgd"
 
 
 def split_method_kwargs(
@@ -60,19 +77,59 @@ def pipeline_statistics(cfg: omegaconf.DictConfig) -> tuple[list[float], list[fl
     return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
 
 
-def split_original_view(module: Any, cfg: omegaconf.DictConfig, required: bool) -> int | None:
-    """Find AdvCL's original view among solo-learn's small crops and hide it from the parent class.
+def refuse_dali(cfg: omegaconf.DictConfig, method: str) -> None:
+    """One clear error for ``data.format: dali`` (before any data is read)."""
+    data_format = omegaconf.OmegaConf.select(cfg, "data.format", default="image_folder")
+    if data_format == "dali":
+        raise ValueError(
+            f"method {method!r} does not support data.format=dali: the original view is declared with a list-valued "
+            "crop_size that DALI's resize does not take, pseudo labels need each sample's dataset index (DALI "
+            "delivers it only with dali.encode_indexes_into_labels) and the attack needs the pipeline's "
+            "normalisation on the torchvision side; use data.format=image_folder (or h5)"
+        )
 
-    Returns the index of that view in the batch's list of crops (or ``None`` when the recipe has
-    no such view and ``required`` is false).
+
+def split_original_view(module: Any, cfg: omegaconf.DictConfig, required: bool, multicrop: bool) -> int | None:
+    """Find AdvCL's original view (the ``augmentations`` entry marked ``original_view: true``) and hide it
+    from the parent class, which then sees only its own crops.
+
+    Args:
+        module: the solo-learn method being built (its crop counters are adjusted).
+        cfg: the recipe.
+        required: refuse a recipe without the original view (``advcl``).
+        multicrop: whether the method takes solo-learn's extra small crops (multi-crop); when not, a recipe
+            with small crops beside the original view is refused.
+
+    Returns:
+        The index of the original view in the batch's list of crops, or ``None`` when the recipe has none.
     """
-    small = [a for a in cfg.augmentations if a.crop_size != cfg.augmentations[0].crop_size]
-    if not small:
-        if required:
-            raise ValueError(f"this method needs the original (mildly augmented) view: {ORIGINAL_VIEW_HELP}")
+    method = cfg.method
+    entries = list(cfg.augmentations)
+    marked = [i for i, a in enumerate(entries) if bool(a.get("original_view", False))]
+    if len(marked) > 1:
+        raise ValueError(f"{len(marked)} augmentations entries are marked original_view: true; mark one")
+    large_size = entries[0].crop_size
+    small = [a for a in entries if a.crop_size != large_size]
+    if marked:
+        entry = entries[marked[0]]
+        if marked[0] != len(entries) - 1 or entry.crop_size == large_size or entry.num_crops != 1:
+            raise ValueError(f"the entry marked original_view is not declared as expected: {ORIGINAL_VIEW_HELP}")
+    elif required:
+        raise ValueError(f"method {method!r} needs AdvCL's original (mildly augmented) view: {ORIGINAL_VIEW_HELP}")
+    multicrops = sum(int(a.num_crops) for a in small) - (1 if marked else 0)
+    if multicrops and not multicrop:
+        raise ValueError(
+            f"method {method!r} does not take solo-learn's small crops (multi-crop): the recipe has {multicrops} small "
+            "crop(s) besides the original view. "
+            + (
+                "AdvCL's loss (eq. 9) is defined over its fixed views; remove the small crops"
+                if required
+                else "its parent method uses exactly its large crops; remove the small crops, or use simclr_adv / "
+                "byol_adv, whose parents take them"
+            )
+        )
+    if not marked:
         return None
-    if len(small) != 1 or small[0].num_crops != 1 or cfg.augmentations[-1].crop_size == cfg.augmentations[0].crop_size:
-        raise ValueError(f"expected exactly one original view after the large crops: {ORIGINAL_VIEW_HELP}")
     module.num_small_crops -= 1
     module.num_crops -= 1
     module.multicrop = module.num_small_crops != 0
@@ -92,21 +149,80 @@ def upgrade_legacy_checkpoint(checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = convert_legacy_routed_state_dict(state)
 
 
-def class_step(module: Any, features: list[Tensor], targets: Tensor) -> Tensor:
-    """solo-learn's online linear probe on detached features; logs its loss and accuracy."""
+@torch.no_grad()
+def exported_route_features(backbone: torch.nn.Module, images: Tensor) -> Tensor:
+    """The backbone's features as ``main_linear.py`` computes them from the exported checkpoint: BN route
+    ``"pgd"`` (:data:`EXPORTED_ROUTE`), eval mode (running statistics), no gradient.  Nothing of the
+    backbone changes (its mode and routes are restored)."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with bn_route(backbone, EXPORTED_ROUTE):
+            return backbone(images)
+    finally:
+        backbone.train(was_training)
+
+
+def probe_outputs(module: Any, images: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """solo-learn's online linear probe on the exported route: its loss, accuracies, logits and the
+    features (``"feats"``, what solo-learn's k-NN is fed)."""
     from solo.utils.metrics import accuracy_at_k
 
-    losses, top1, top5 = [], [], []
-    for feature in features:
-        logits = module.classifier(feature.detach())
-        losses.append(torch.nn.functional.cross_entropy(logits, targets, ignore_index=-1))
-        acc1, acc5 = accuracy_at_k(logits, targets, top_k=(1, min(5, logits.size(1))))
-        top1.append(acc1)
-        top5.append(acc5)
-    loss = sum(losses) / len(losses)
-    module.log_dict(
-        {"train_class_loss": loss, "train_acc1": sum(top1) / len(top1), "train_acc5": sum(top5) / len(top5)},
-        on_epoch=True,
-        sync_dist=True,
-    )
-    return loss
+    features = exported_route_features(module.backbone, images)
+    logits = module.classifier(features)
+    loss = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-1)
+    acc1, acc5 = accuracy_at_k(logits, targets, top_k=(1, min(5, logits.size(1))))
+    return {"loss": loss, "acc1": acc1, "acc5": acc5, "logits": logits, "feats": features}
+
+
+class RoutedSyncBatchNorm(LayerSync):
+    """Lightning's ``sync_batchnorm: true`` for routed BN: every route of every routed layer synchronised.
+    (Lightning's own plugin would turn each routed layer into one plain SyncBatchNorm: every route would
+    then share the ``"pgd"`` statistics.)"""
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        return convert_routed_sync_batchnorm(model)
+
+    def revert(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+
+def keep_routes_under_sync_batchnorm(trainer: Any) -> None:
+    """Swap the trainer's SyncBatchNorm plugin (set by ``sync_batchnorm: true``, applied by DDP/FSDP after
+    the module's ``setup`` hook) for :class:`RoutedSyncBatchNorm`."""
+    strategy = trainer.strategy
+    if getattr(strategy, "_layer_sync", None) is not None and not isinstance(strategy._layer_sync, RoutedSyncBatchNorm):
+        strategy._layer_sync = RoutedSyncBatchNorm()
+
+
+class RoutedMethodMixin:
+    """What every solo-learn method of this package adds around its routed BN:
+
+    * the online linear probe (``train_acc1``, ``val_acc1``) and the k-NN (``val_knn_acc1``) see the
+      exported route ``"pgd"`` in eval mode, the encoder that ``main_linear.py`` receives (not the
+      route the clean crops train with);
+    * ``sync_batchnorm: true`` keeps every route (:class:`RoutedSyncBatchNorm`);
+    * checkpoints of advcl-plugin <= 0.1 load (:func:`upgrade_legacy_checkpoint`);
+    * checkpoints hold data only, so that ``main_linear.py`` (``torch.load``, weights only by default
+      since PyTorch 2.6) reads them: solo-learn's fixed-lr patch of the scheduler (a
+      ``functools.partial``, e.g. SimSiam's predictor) is left out and re-applied by
+      ``configure_optimizers`` on resume.
+    """
+
+    def base_validation_step(self, X: Tensor, targets: Tensor) -> dict[str, Any]:
+        with bn_route(self.backbone, EXPORTED_ROUTE):  # type: ignore[attr-defined]
+            return super().base_validation_step(X, targets)  # type: ignore[misc]
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)  # type: ignore[misc]
+        keep_routes_under_sync_batchnorm(self.trainer)  # type: ignore[attr-defined]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        for state in checkpoint.get("lr_schedulers", []):
+            if isinstance(state.get("get_lr"), functools.partial):
+                del state["get_lr"]  # code, not state: configure_optimizers patches it in again
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_legacy_checkpoint(checkpoint)
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]

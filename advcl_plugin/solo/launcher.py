@@ -115,9 +115,13 @@ def run_script(name: str, argv: list[str], solo_root: str | None = None) -> None
     runpy.run_path(str(script), run_name="__main__")
 
 
-def solo_validation_pipeline(dataset: str) -> tuple[Any, list[float], list[float]]:
+def solo_validation_pipeline(dataset: str, image_size: int | None = None) -> tuple[Any, list[float], list[float]]:
     """solo-learn's validation transform for ``dataset`` without its ``Normalize`` step (so images stay
-    in [0, 1] pixels), and the mean and std that step used."""
+    in [0, 1] pixels), and the mean and std that step used.
+
+    With ``image_size`` the resize/crop steps are replaced by one resize to ``image_size`` x
+    ``image_size`` (solo-learn's normalisation is kept).
+    """
     from solo.data.classification_dataloader import prepare_transforms
     from torchvision import transforms
 
@@ -126,9 +130,19 @@ def solo_validation_pipeline(dataset: str) -> tuple[Any, list[float], list[float
     for step in validation.transforms:
         if isinstance(step, transforms.Normalize):
             mean, std = [float(v) for v in step.mean], [float(v) for v in step.std]
-        else:
+        elif image_size is None or not isinstance(step, (transforms.Resize, transforms.CenterCrop)):
             steps.append(step)
+    if image_size is not None:
+        steps.insert(0, transforms.Resize((image_size, image_size)))
     return transforms.Compose(steps), mean, std
+
+
+def _image_size(value: str) -> int | None:
+    if value == "solo":
+        return None
+    if not value.isdigit() or int(value) < 8:
+        raise argparse.ArgumentTypeError(f"--image-size takes 'solo' or a size in pixels >= 8, not {value!r}")
+    return int(value)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -143,7 +157,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     model, cfg = solo_linear_classifier(args.checkpoint)
     solo_dataset = cfg["data"]["dataset"] if cfg else "cifar10"
-    transform, mean, std = solo_validation_pipeline(solo_dataset)
+    transform, mean, std = solo_validation_pipeline(solo_dataset, args.image_size)
     model[0].mean.copy_(torch_tensor(mean))
     model[0].std.copy_(torch_tensor(std))
     test = load_dataset(
@@ -162,6 +176,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         "checkpoint": args.checkpoint,
         "dataset": test.name,
         "solo_pipeline": solo_dataset,
+        "image_size": args.image_size or "solo-learn's validation pipeline",
         "mean": mean,
         "std": std,
     }
@@ -235,6 +250,16 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--samples", type=int, default=None)
     evaluate.add_argument("--aa-samples", type=int, default=1000)
     evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=None,
+        metavar="solo|N",
+        help="'solo' (default): solo-learn's validation pipeline for the linear run's dataset, the resolution "
+        "main_linear.py trained and validated the classifier at (224 for `custom` folders); N: resize the test "
+        "images to N x N instead (e.g. 32 for CIFAR-sized folders: the pretraining resolution, much faster, "
+        "but not the resolution the classifier was fitted at)",
+    )
     evaluate.add_argument("--out", default=None)
     evaluate.add_argument("--quiet", action="store_true")
     import advcl_plugin.solo  # noqa: F401
