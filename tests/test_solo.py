@@ -185,7 +185,7 @@ def compose(name: str, overrides: list[str], edit=None):
     from hydra import initialize_config_module
     from omegaconf import OmegaConf
 
-    from advcl_plugin.solo.launcher import apply_lightning_compat
+    from advcl_plugin.solo import apply_lightning_compat
 
     apply_lightning_compat()
     import solo.args.pretrain
@@ -215,7 +215,6 @@ def advcl_cfg(folder: Path, overrides=(), edit=None):
 def pixel_batch(model, n: int, views: int = 3, size: int = 32):
     """A batch as solo-learn's pipeline delivers it: indexes, normalised views, targets."""
     from advcl_plugin.core.pixels import normalize
-
     from advcl_plugin.solo.common import pipeline_statistics
 
     mean, std = pipeline_statistics(model.cfg)

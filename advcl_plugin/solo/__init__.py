@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from advcl_plugin.core.config import PAPER
 from advcl_plugin.solo.advcl import AdvCL
 from advcl_plugin.solo.adversarial import BarlowTwinsAdv, BYOLAdv, MoCoV2PlusAdv, SimCLRAdv, SimSiamAdv, VICRegAdv
-from advcl_plugin.solo.launcher import apply_lightning_compat
+from advcl_plugin.solo.compat import apply_lightning_compat
 
 #: methods this package adds to solo-learn
 METHODS = {

@@ -7,9 +7,9 @@
 solo-learn's scripts (``main_pretrain.py``, ``main_linear.py``) live at the root of its
 repository, not in the installed package: the launcher finds them through ``--solo-root``,
 ``$SOLO_LEARN_ROOT``, or beside an editable/source install of ``solo``.  Before running a
-script it registers the methods (``import advcl_plugin.solo``) and adapts solo-learn 1.0.6's
-defaults to current Lightning (see :func:`apply_lightning_compat`); solo-learn itself is not
-modified.
+script it registers the methods (``import advcl_plugin.solo``) and adapts solo-learn 1.0.6 to
+current Lightning/torchmetrics (:func:`advcl_plugin.solo.compat.apply_lightning_compat`); solo-learn's
+files are not modified.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["apply_lightning_compat", "find_solo_script", "main"]
+__all__ = ["find_solo_script", "main"]
 
 SCRIPTS = {"pretrain": "main_pretrain.py", "linear": "main_linear.py"}
 
@@ -48,67 +48,10 @@ def find_solo_script(name: str, solo_root: str | None = None) -> Path:
     )
 
 
-def _wrap_parse_cfg(module: Any) -> None:
-    original = module.parse_cfg
-    if getattr(original, "_advcl_wrapped", False):
-        return
-
-    def parse_cfg(cfg: Any) -> Any:
-        devices = cfg.get("devices", 1)
-        # solo-learn computes len(cfg.devices); Lightning on CPU accepts only an integer count
-        count = devices if isinstance(devices, int) else (len(devices) if not isinstance(devices, str) else 1)
-        cfg.devices = list(range(count))
-        cfg = original(cfg)
-        cfg.devices = devices
-        if cfg.get("strategy") in (None, "none"):
-            cfg.strategy = "auto"  # Lightning 2.x has no strategy=None
-        return cfg
-
-    parse_cfg._advcl_wrapped = True  # type: ignore[attr-defined]
-    module.parse_cfg = parse_cfg
-
-
-def apply_lightning_compat() -> None:
-    """Adapt solo-learn 1.0.6 (written for Lightning 2.1 / torchmetrics < 0.12) to current releases.
-
-    * ``devices`` may be an integer (Lightning's CPU accelerator refuses a list; solo-learn takes
-      its length to scale the learning rate);
-    * a missing ``strategy`` becomes ``"auto"``;
-    * the k-NN metric passes ``compute_on_step``, which torchmetrics 1.x removed: it is dropped.
-    """
-    import inspect
-
-    import solo.args.linear
-    import solo.args.pretrain
-    import solo.utils.knn
-    from torchmetrics.metric import Metric
-
-    _wrap_parse_cfg(solo.args.pretrain)
-    _wrap_parse_cfg(solo.args.linear)
-    knn = solo.utils.knn.WeightedKNNClassifier
-    if "compute_on_step" not in inspect.signature(Metric.__init__).parameters and not getattr(knn, "_advcl", False):
-        original_init = knn.__init__
-
-        def init(self: Any, *args: Any, **kwargs: Any) -> None:
-            metric_init = Metric.__init__
-
-            def tolerant(metric: Any, *a: Any, compute_on_step: Any = None, **kw: Any) -> None:
-                metric_init(metric, *a, **kw)
-
-            Metric.__init__ = tolerant  # type: ignore[method-assign]
-            try:
-                original_init(self, *args, **kwargs)
-            finally:
-                Metric.__init__ = metric_init  # type: ignore[method-assign]
-
-        knn.__init__ = init  # type: ignore[method-assign]
-        knn._advcl = True  # type: ignore[attr-defined]
-
-
 def run_script(name: str, argv: list[str], solo_root: str | None = None) -> None:
     """Run solo-learn's script ``name`` with ``argv`` (Hydra arguments) and the methods registered."""
     script = find_solo_script(SCRIPTS[name], solo_root)
-    import advcl_plugin.solo  # noqa: F401  (registers the methods)
+    from advcl_plugin.solo import apply_lightning_compat  # importing registers the methods
 
     apply_lightning_compat()
     sys.argv = [str(script), *argv]
