@@ -55,3 +55,23 @@ def test_cheaper_attack_options():
     single = AdvCLObjective(cifar_resnet18(width=4), AdvCLConfig(ks=(2,), steps=1, step_size=10 / 255))  # FGSM-RS
     logs = single(x, t1, t2, labels).logs
     assert logs["delta_abs_max"] <= 8 / 255 + 1e-6
+
+
+def test_device_check_runs_end_to_end_in_dry_mode(tmp_path, data_dir):
+    """The prepared GPU check, with tiny sizes on the CPU: every part runs and is written down."""
+    result = subprocess.run(
+        [sys.executable, "-m", "advcl_plugin.app.cli", "bench", "--device-check", "--dry-run",
+         "--out-dir", str(tmp_path), "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "device_check_dry-cpu.json").read_text())
+    assert [row["config"] for row in data["step"]["rows"]] == [
+        "advcl naive fp32", "advcl optimised fp32", "advcl optimised bf16+cl",
+    ]  # fmt: skip
+    assert data["step"]["largest_batch"]["largest_batch"] == 16  # doubled from 8 up to the dry limit
+    assert data["views"]["images_per_s_per_worker"] > 0 and data["views"]["workers_needed"] > 0
+    assert data["pretrain"]["steps"] >= 1 and 0 <= data["pretrain"]["data_wait_share"] <= 1
+    assert set(data["autoattack"]["seconds_per_attack_all_images"]) == {"apgd-ce", "apgd-t", "fab-t", "square"}
+    assert data["autoattack"]["settings"].startswith("smoke")
+    assert "Device check (dry-cpu)" in (tmp_path / "device_check_dry-cpu.md").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -99,6 +100,20 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     import torch
+
+    if args.device_check:
+        from advcl_plugin.tools.device_check import DeviceCheckConfig, format_markdown, run_device_check
+
+        data_dir = args.data_dir or os.environ.get("ADVCL_DATA_DIR")
+        if args.dry_run:
+            check = DeviceCheckConfig.dry(data_dir=data_dir)
+        else:
+            if not torch.cuda.is_available() and args.device != "cpu":
+                raise ValueError("--device-check needs a GPU (or --dry-run for the CPU smoke test, or --device cpu)")
+            check = DeviceCheckConfig(device=args.device or "cuda", data_dir=data_dir)
+        result = run_device_check(check, args.out_dir, mode="dry-cpu" if args.dry_run else "device")
+        print(format_markdown(result))
+        return
 
     from advcl_plugin.tools.bench import BenchConfig, attack_precision_check, default_configs, format_table, run_bench
 
@@ -223,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the backbone")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default=None, help="write the results as JSON (and the table as .md)")
+    p.add_argument(
+        "--device-check",
+        action="store_true",
+        help="the prepared GPU check (step at batch 512 in four settings, largest batch, data path, 2 minutes of "
+        "real pretraining, AutoAttack throughput), written to --out-dir as JSON and Markdown; about 8 minutes",
+    )
+    p.add_argument("--dry-run", action="store_true", help="with --device-check: tiny sizes on the CPU (seconds)")
+    p.add_argument("--out-dir", default="docs/bench", help="with --device-check: where the JSON/Markdown go")
+    p.add_argument("--data-dir", default=None, help="with --device-check: offline data (default: $ADVCL_DATA_DIR)")
     p.set_defaults(handler=cmd_bench)
 
     from advcl_plugin.tools import selfcheck

@@ -147,7 +147,9 @@ def _timed(timings: dict[str, float], run_dir: Path, stage: str, work: Any) -> A
     print(f"\n=== {stage} ===", flush=True)
     started = time.perf_counter()
     result = work()
-    _record_timing(timings, run_dir, stage, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    _record_timing(timings, run_dir, stage, seconds)
+    print(f"=== {stage}: {seconds:.0f} s ===", flush=True)
     return result
 
 

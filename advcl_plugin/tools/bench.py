@@ -58,6 +58,7 @@ class BenchConfig:
     warmup: int = 2
     seed: int = 0
     configs: list[StepConfig] = field(default_factory=list)
+    measure_memory: bool = True  # on a CPU each configuration's peak is measured in a fresh process (seconds each)
 
 
 def default_configs(bf16: bool = True, compile_: bool = False) -> list[StepConfig]:
@@ -280,7 +281,7 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
             "images_per_s": bench.batch_size / median,
             "tflops_per_s": flops / median / 1e12,
             "gflop_per_step": flops / 1e9,
-            "peak_memory_mb": _peak_memory_mb(config, bench),
+            "peak_memory_mb": _peak_memory_mb(config, bench) if bench.measure_memory else float("nan"),
         }
         if peak is not None and config.precision == "bf16":
             row["share_of_bf16_peak"] = row["tflops_per_s"] / peak
