@@ -71,7 +71,9 @@ def test_device_check_runs_end_to_end_in_dry_mode(tmp_path, data_dir):
     ]  # fmt: skip
     assert data["step"]["largest_batch"]["largest_batch"] == 16  # doubled from 8 up to the dry limit
     assert data["views"]["images_per_s_per_worker"] > 0 and data["views"]["workers_needed"] > 0
-    assert data["pretrain"]["steps"] >= 1 and 0 <= data["pretrain"]["data_wait_share"] <= 1
+    assert data["views"]["device_views_images_per_s"] > 0
+    for part in ("pretrain", "pretrain_device_views"):
+        assert data[part]["steps"] >= 1 and 0 <= data[part]["data_wait_share"] <= 1
     assert set(data["autoattack"]["seconds_per_attack_all_images"]) == {"apgd-ce", "apgd-t", "fab-t", "square"}
     assert data["autoattack"]["settings"].startswith("smoke")
     assert "Device check (dry-cpu)" in (tmp_path / "device_check_dry-cpu.md").read_text()

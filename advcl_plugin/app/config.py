@@ -63,6 +63,7 @@ class DataConfig:
     image_size: int | None = None  # resize to this size (default: the dataset's own)
     num_workers: int = 2
     limit: int | None = None  # use only the first N training images (quick runs)
+    views: str = "cpu"  # pretraining views made by the loader's workers ("cpu") or in batches on the device ("device")
 
 
 @dataclass
@@ -335,6 +336,8 @@ def _validate(recipe: Recipe) -> None:
             check_radius(config.radius, size, size)
         except ValueError as error:
             raise ValueError(f"recipe.method_kwargs.radius: {error}") from None
+    if recipe.data.views not in ("cpu", "device"):
+        raise ValueError(f"data.views must be 'cpu' or 'device', got {recipe.data.views!r}")
     for name in recipe.finetune.modes:
         if name not in ("slf", "alf", "aff"):
             raise ValueError(f"finetune.modes may hold 'slf', 'alf', 'aff'; got {name!r}")

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms as T
 
 from advcl_plugin.app.config import DataConfig, PseudoLabelConfig
 from advcl_plugin.data import (
@@ -93,7 +94,8 @@ def load_split(config: DataConfig, split: str, transform: Callable | None = None
 def pretraining_data(
     data: DataConfig, pseudo_labels: PseudoLabelConfig | None, ks: tuple[int, ...] | None
 ) -> tuple[IndexedDataset, torch.Tensor | None]:
-    """The indexed training set with AdvCL's views, and its pseudo labels (N, len(ks)) if ``ks``."""
+    """The indexed training set with AdvCL's views (or, for ``data.views: device``, uint8 images), and its
+    pseudo labels (N, len(ks)) if ``ks``."""
     full = load_dataset(data.dataset, "train", root=data.root, download=data.download, data_dir=data.data_dir)
     dataset = full
     if data.limit is not None and data.limit < len(full):
@@ -102,7 +104,11 @@ def pretraining_data(
     if ks:
         assert pseudo_labels is not None
         labels = pseudo_labels_for(dataset, pseudo_labels.path, ks, data.data_dir, full=full)
-    dataset = dataset.with_transform(AdvCLViews(target_image_size(data)))
+    size = target_image_size(data)
+    if data.views == "device":  # uint8 images; the views are made on the device (DeviceAdvCLViews)
+        dataset = dataset.with_transform(T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()]))
+    else:
+        dataset = dataset.with_transform(AdvCLViews(size))
     return IndexedDataset(dataset), labels
 
 

@@ -21,10 +21,12 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.plugins.layer_sync import LayerSync
 
 from advcl_plugin.app.config import Recipe, load_recipe
+from advcl_plugin.app.data import target_image_size
 from advcl_plugin.app.schedule import lr_at, scaled_lr_factor
 from advcl_plugin.core.objective import AdvCLObjective
 from advcl_plugin.core.resnet import build_backbone
 from advcl_plugin.core.routed_bn import convert_routed_sync_batchnorm
+from advcl_plugin.data.device_views import DeviceAdvCLViews
 
 __all__ = [
     "AdvCLPretrainModule",
@@ -132,7 +134,8 @@ class AdvCLPretrainModule(pl.LightningModule):
     Args:
         recipe: the recipe as a dict (saved in the checkpoint's hyper-parameters).
 
-    Batches are ``([tau1, tau2, x_orig], label, index)``; the pseudo labels of a batch are
+    Batches are ``([tau1, tau2, x_orig], label, index)`` (with ``data.views: device``:
+    ``(uint8 images, label, index)``, the views made here); the pseudo labels of a batch are
     looked up by index in the tensor given to :meth:`set_pseudo_labels`.
     """
 
@@ -146,6 +149,9 @@ class AdvCLPretrainModule(pl.LightningModule):
         self.objective = AdvCLObjective(backbone, config, gather_distributed=True)
         if self.recipe.trainer.compile:
             self.objective.backbone.compile()
+        self.device_views = (
+            DeviceAdvCLViews(target_image_size(self.recipe.data)) if self.recipe.data.views == "device" else None
+        )
         self.register_buffer("pseudo_labels", torch.zeros(0, 0, dtype=torch.long), persistent=False)
 
     @property
@@ -163,8 +169,20 @@ class AdvCLPretrainModule(pl.LightningModule):
             )
         self.pseudo_labels = labels.to(self.device)
 
+    def views_on_device(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``data.views: device``: the three views of a uint8 batch, drawn from a generator keyed by
+        (seed, step, process), so that a resumed run draws the same views."""
+        assert self.device_views is not None
+        generator = torch.Generator(device=images.device)
+        generator.manual_seed((self.recipe.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank)
+        return self.device_views(images, generator)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        (tau1, tau2, x_orig), _, index = batch
+        if self.device_views is not None:
+            images, _, index = batch
+            tau1, tau2, x_orig = self.views_on_device(images)
+        else:
+            (tau1, tau2, x_orig), _, index = batch
         labels = None
         if self.pseudo_label_ks:
             if self.pseudo_labels.numel() == 0:
@@ -250,6 +268,15 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
     if config.sync_batchnorm and distributed and not on_gpu:
         warnings.warn(
             "SyncBatchNorm needs GPUs: with several CPU processes each one normalises its own batch", stacklevel=2
+        )
+    from advcl_plugin.tools.bench import cpu_has_native_bf16
+
+    if not on_gpu and str(config.precision).startswith("bf16") and not cpu_has_native_bf16():
+        warnings.warn(
+            f"trainer.precision={config.precision} on a CPU without bf16 instructions (avx512_bf16/AMX): bf16 autocast "
+            "is emulated there, about 12x slower than fp32 on a 2-core AVX2 VM (README 'Performance'); "
+            "trainer.precision=32-true is faster on this machine",
+            stacklevel=2,
         )
     return {
         "accelerator": config.accelerator,

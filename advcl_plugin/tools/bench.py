@@ -29,7 +29,7 @@ from advcl_plugin.core.objective import AdvCLObjective
 from advcl_plugin.core.resnet import build_backbone
 from advcl_plugin.tools.reference_objective import ReferenceAdvCLObjective
 
-__all__ = ["BenchConfig", "attack_precision_check", "run_bench"]
+__all__ = ["BenchConfig", "attack_precision_check", "cpu_has_native_bf16", "run_bench"]
 #: dense bf16 tensor-core peaks (TFLOP/s) for the share-of-peak column
 GPU_BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
 
@@ -316,12 +316,22 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "cpu": _cpu_name(),
+            "cpu_native_bf16": cpu_has_native_bf16(),
         },
         "settings": {k: v for k, v in asdict(bench).items() if k != "configs"},
         "rows": rows,
         "ratios": ratios,
         "times": times,
     }
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's check: avx512_bf16 or AMX); without it, bf16
+    autocast is emulated and much slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _cpu_name() -> str:
@@ -336,7 +346,8 @@ def _cpu_name() -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [
-        f"machine: {result['machine']['device']} ({result['machine']['cpu']}, {result['machine']['threads']} threads), "
+        f"machine: {result['machine']['device']} ({result['machine']['cpu']}, {result['machine']['threads']} threads, "
+        f"native bf16: {'yes' if result['machine'].get('cpu_native_bf16') else 'no'}), "
         f"torch {result['machine']['torch']}",
         "settings: " + ", ".join(f"{k}={v}" for k, v in result["settings"].items()),
         "",

@@ -9,10 +9,11 @@ Four parts, each printed as it finishes:
    Then the largest batch that fits (doubling from 512) for bf16 + channels_last.
 2. **Data path**: AdvCL's three views (``AdvCLViews``: two strong crops + the original view) made
    from the real training images in one CPU process: views/s per data-loader worker, and how many
-   workers the measured step rate needs.
+   workers the measured step rate needs; and the rate of the device-side views
+   (``data.views: device``, :class:`~advcl_plugin.data.device_views.DeviceAdvCLViews`).
 3. **Real pretraining** for a fixed time from the real data loader (the training set's JPEGs or
    arrays, AdvCL's views, ``num_workers`` workers): images/s and the share of each step spent
-   waiting for data.
+   waiting for data; then half as long with the views made on the device.
 4. **AutoAttack throughput** (the authors' ``pyautoattack``, standard version) on test images of a
    randomly initialised width-64 encoder + linear head, each attack alone on every image, the
    labels being the model's own predictions so that every image is attacked.  A trained robust
@@ -128,12 +129,14 @@ def largest_batch(check: DeviceCheckConfig) -> dict[str, Any]:
     }
 
 
-def _training_set(check: DeviceCheckConfig) -> Any:
+def _training_set(check: DeviceCheckConfig, uint8: bool = False) -> Any:
+    from torchvision import transforms as T
+
     from advcl_plugin.data import load_dataset
     from advcl_plugin.data.transforms import AdvCLViews
 
     dataset = load_dataset(check.dataset, "train", data_dir=check.data_dir)
-    return dataset.with_transform(AdvCLViews(32))
+    return dataset.with_transform(T.PILToTensor() if uint8 else AdvCLViews(32))
 
 
 def view_figures(check: DeviceCheckConfig, images_per_s_needed: float | None) -> dict[str, Any]:
@@ -154,6 +157,7 @@ def view_figures(check: DeviceCheckConfig, images_per_s_needed: float | None) ->
         "images_per_s_per_worker": images_per_s,
         "views_per_s_per_worker": 3 * images_per_s,
         "host_cpus": os.cpu_count(),
+        "device_views_images_per_s": device_view_rate(check),
     }
     if images_per_s_needed:
         result["step_images_per_s"] = images_per_s_needed
@@ -161,18 +165,40 @@ def view_figures(check: DeviceCheckConfig, images_per_s_needed: float | None) ->
     return result
 
 
-def pretrain_figures(check: DeviceCheckConfig) -> dict[str, Any]:
-    """Part 3: real pretraining from the real loader for ``pretrain_seconds``; time spent waiting for data."""
+def device_view_rate(check: DeviceCheckConfig) -> float:
+    """Images/s (three views each) of ``DeviceAdvCLViews`` (``data.views: device``) on the check's device."""
+    from advcl_plugin.data.device_views import DeviceAdvCLViews
+
+    device = torch.device(check.device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    images = torch.randint(0, 256, (check.batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator, device=device)
+    views = DeviceAdvCLViews(32)
+    views(images, generator)
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < check.view_seconds:
+        views(images, generator)
+        count += check.batch_size
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return count / (time.perf_counter() - started)
+
+
+def pretrain_figures(check: DeviceCheckConfig, seconds: float, on_device: bool = False) -> dict[str, Any]:
+    """Part 3: real pretraining from the real loader for ``seconds``; time spent waiting for data.  With
+    ``on_device`` the loader delivers uint8 images and the views are made on the device."""
     from torch.utils.data import DataLoader
 
     from advcl_plugin.data.datasets import IndexedDataset
+    from advcl_plugin.data.device_views import DeviceAdvCLViews
 
     device = torch.device(check.device)
     objective = AdvCLObjective(build_backbone("cifar_resnet18", check.width), build_config("advcl"))
     objective.to(device).train().to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(objective.parameters(), lr=0.01, momentum=0.9)
     heads = objective.pseudo_label_heads.ks if objective.pseudo_label_heads is not None else ()  # type: ignore[union-attr]
-    dataset = IndexedDataset(_training_set(check))
+    dataset = IndexedDataset(_training_set(check, uint8=on_device))
+    device_views = DeviceAdvCLViews(32) if on_device else None
+    generator = torch.Generator(device=device).manual_seed(0)
     labels = torch.stack([torch.randint(0, k, (len(dataset),)) for k in heads], 1) if heads else None
     loader = DataLoader(
         dataset, batch_size=check.batch_size, shuffle=True, drop_last=True, num_workers=check.num_workers,
@@ -180,14 +206,16 @@ def pretrain_figures(check: DeviceCheckConfig) -> dict[str, Any]:
     )  # fmt: skip
     waits, steps = [], []
     started = time.perf_counter()
-    while time.perf_counter() - started < check.pretrain_seconds:
+    while time.perf_counter() - started < seconds:
         batches = iter(loader)
-        while time.perf_counter() - started < check.pretrain_seconds:
+        while time.perf_counter() - started < seconds:
             fetch = time.perf_counter()
             try:
                 views, _, indexes = next(batches)
             except StopIteration:
                 break
+            if device_views is not None:
+                views = device_views(views.to(device, non_blocking=True), generator)
             tau1, tau2, original = (v.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                                     for v in views)  # fmt: skip
             batch_labels = labels[indexes].to(device) if labels is not None else None
@@ -208,6 +236,7 @@ def pretrain_figures(check: DeviceCheckConfig) -> dict[str, Any]:
         "dataset": check.dataset,
         "batch_size": check.batch_size,
         "num_workers": check.num_workers,
+        "views": "device (uint8 from the loader)" if on_device else "cpu workers",
         "precision": "bf16 autocast + channels_last",
         "steps": len(steps),
         "seconds": total,
@@ -275,17 +304,19 @@ def format_markdown(result: dict[str, Any]) -> str:
     views = result["views"]
     lines += [
         f"Data path ({views['dataset']}): {views['images_per_s_per_worker']:.0f} images/s "
-        f"({views['views_per_s_per_worker']:.0f} views/s) per worker on this host ({views['host_cpus']} CPUs)"
+        f"({views['views_per_s_per_worker']:.0f} views/s) per worker on this host ({views['host_cpus']} CPUs); "
+        f"on the device (data.views: device): {views['device_views_images_per_s']:.0f} images/s"
         + (f"; the fastest step needs {views['workers_needed']:.1f} workers" if "workers_needed" in views else ""),
         "",
     ]
-    pre = result["pretrain"]
-    lines += [
-        f"Real pretraining ({pre['seconds']:.0f} s, {pre['steps']} steps of {pre['batch_size']}, {pre['num_workers']} "
-        f"workers, {pre['precision']}): {pre['images_per_s'] or 0:.0f} images/s, data wait "
-        f"{100 * pre['data_wait_share']:.1f}% of each step",
-        "",
-    ]
+    for key in ("pretrain", "pretrain_device_views"):
+        pre = result[key]
+        lines += [
+            f"Real pretraining ({pre['views']}; {pre['seconds']:.0f} s, {pre['steps']} steps of {pre['batch_size']}, "
+            f"{pre['num_workers']} workers, {pre['precision']}): {pre['images_per_s'] or 0:.0f} images/s, data wait "
+            f"{100 * pre['data_wait_share']:.1f}% of each step",
+            "",
+        ]
     aa = result["autoattack"]
     per = ", ".join(f"{k} {v:.1f} s" for k, v in aa["seconds_per_attack_all_images"].items())
     lines += [
@@ -316,8 +347,11 @@ def run_device_check(check: DeviceCheckConfig, out_dir: str | Path, mode: str = 
     fastest = max(row["images_per_s"] for row in step["rows"])
     _say("2/4 data path")
     views = timed("views", lambda: view_figures(check, fastest))
-    _say(f"3/4 real pretraining for {check.pretrain_seconds:.0f} s")
-    pretrain = timed("pretrain", lambda: pretrain_figures(check))
+    _say(
+        f"3/4 real pretraining for {check.pretrain_seconds:.0f} s (views by CPU workers), then half that on the device"
+    )
+    pretrain = timed("pretrain", lambda: pretrain_figures(check, check.pretrain_seconds))
+    pretrain_device = timed("pretrain_device_views", lambda: pretrain_figures(check, check.pretrain_seconds / 2, True))
     _say(f"4/4 AutoAttack on {check.aa_samples} images")
     autoattack = timed("autoattack", lambda: autoattack_figures(check))
     result = {
@@ -326,6 +360,7 @@ def run_device_check(check: DeviceCheckConfig, out_dir: str | Path, mode: str = 
         "step": step,
         "views": views,
         "pretrain": pretrain,
+        "pretrain_device_views": pretrain_device,
         "autoattack": autoattack,
         "seconds": time.perf_counter() - started,
         "part_seconds": parts,
