@@ -123,3 +123,24 @@ def test_same_generator_same_views_and_uint8_only(images):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="uint8"):
         views(batch[:16].float(), torch.Generator())
+
+
+def test_recipe_key_selects_the_device_pipeline(data_dir):
+    """data.views: device: the loader yields uint8 images and the module makes the views."""
+    from advcl_plugin.app.config import load_recipe
+    from advcl_plugin.app.data import pretraining_data
+    from advcl_plugin.app.lightning import AdvCLPretrainModule
+
+    recipe = load_recipe("demo", [f"data.data_dir={data_dir}", "data.views=device", "data.limit=64", "model.width=8",
+                                  "method_kwargs.steps=1"])  # fmt: skip
+    module = AdvCLPretrainModule(recipe.to_dict())
+    dataset, labels = pretraining_data(recipe.data, recipe.pseudo_labels, module.pseudo_label_ks)
+    image, _, index = dataset[3]
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32) and index == 3
+    module.set_pseudo_labels(labels)
+    module.log = module.log_dict = lambda *a, **k: None  # no trainer attached
+    batch = (torch.stack([dataset[i][0] for i in range(8)]), torch.zeros(8, dtype=torch.long), torch.arange(8))
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="data.views"):
+        load_recipe("demo", ["data.views=gpu"])
