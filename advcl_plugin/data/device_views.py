@@ -23,7 +23,7 @@ Example:
     >>> images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     >>> tau1, tau2, original = views(images, torch.Generator().manual_seed(0))
     >>> tau1.shape, tau1.dtype, bool(0 <= tau1.min() and tau1.max() <= 1)
-    ((torch.Size([4, 3, 32, 32]), torch.float32, True)
+    (torch.Size([4, 3, 32, 32]), torch.float32, True)
 """
 
 from __future__ import annotations
