@@ -124,11 +124,85 @@ def test_finetune_evaluate_report(run):
     }
     assert 0 <= result["aa"] <= 1 and result["aa_max_perturbation"] <= 8 / 255 + 1e-5
     report = advcl("report", "runs/tiny", "--out", "report", cwd=cwd, env=env)
-    assert "| advcl | SLF |" in report.stdout and "| advcl | AFF |" in report.stdout
+    assert "| advcl | authors* | SLF |" in report.stdout and "| advcl | authors* | AFF |" in report.stdout
+    assert "| method | protocol | SLF AA / SA (RA) | ALF AA / SA (RA) | AFF AA / SA (RA) |" in report.stdout
     data = json.loads((cwd / "report" / "report.json").read_text())
     assert len(data["results"]) == 3 and {"checks", "plots", "timings"} <= set(data)
     for plot in ("ra_vs_eps.png", "ra_vs_steps.png", "tsne.png"):
         assert (cwd / "report" / plot).stat().st_size > 1000, plot
+
+
+def test_robustssl_protocol_finetunes_and_evaluates_end_to_end(run):
+    """`--protocol robustssl`: the benchmark's settings over the recipe's, the tiny sizes given as overrides
+    listed as deviations, TRADES for AFF, files beside the authors' protocol's, and the leaderboard table."""
+    cwd, env = run
+    tiny = [
+        "finetune.slf.epochs=1", "finetune.aff.epochs=1", "finetune.aff.attack_steps=1", "finetune.aff.batch_size=64",
+        "evaluate.samples=32", "evaluate.aa_samples=8", "evaluate.eps_sweep=[]", "evaluate.steps_sweep=[]",
+        "evaluate.tsne_samples=0",
+    ]  # fmt: skip
+    for mode in ("slf", "aff"):
+        advcl("finetune", "-c", "demo", "name=tiny", "--protocol", "robustssl", "--mode", mode, *tiny, cwd=cwd, env=env)
+        advcl("evaluate", "-c", "demo", "name=tiny", "--protocol", "robustssl", "--mode", mode, *tiny, cwd=cwd, env=env)
+    run_dir = cwd / "runs" / "tiny"
+    _, info = load_classifier(run_dir / "finetune-robustssl-aff" / "classifier.pt")
+    assert info["protocol"] == "robustssl" and info["selection"] == "last epoch"
+    assert info["protocol_deviations"] == {
+        "finetune.aff.epochs": [25, 1], "finetune.aff.batch_size": [128, 64], "finetune.aff.attack_steps": [10, 1]
+    }  # fmt: skip
+    assert info["finetune_settings"]["loss"] == "trades" and info["finetune_settings"]["lr"] == 0.1
+    result = json.loads((run_dir / "eval-robustssl-slf.json").read_text())
+    assert result["protocol"] == "robustssl" and result["exact_pixels"] is True
+    assert result["protocol_deviations"]["evaluate.samples"] == [None, 32]
+    assert result["samples"] == 32 and result["aa_samples"] == 8 and result["test_split_images"] == 1017
+    # a classifier is evaluated only under the protocol it was finetuned with
+    wrong = advcl(
+        "evaluate", "-c", "demo", "name=tiny", "--mode", "slf", "--classifier",
+        str(run_dir / "finetune-robustssl-slf" / "classifier.pt"), cwd=cwd, env=env, check=False,
+    )  # fmt: skip
+    assert wrong.returncode != 0 and "--protocol robustssl" in wrong.stderr
+    report = advcl("report", str(run_dir / "eval-robustssl-slf.json"), str(run_dir / "eval-robustssl-aff.json"),
+                   "--out", "report-robustssl", cwd=cwd, env=env)  # fmt: skip
+    assert "| advcl | robustssl* |" in report.stdout and "finetune.aff.epochs 25 -> 1" in report.stdout
+    assert " ± " in report.stdout and "of 1017 | yes |" in report.stdout
+
+
+OUTSIDE_TINY = [
+    "data.limit=64", "finetune.slf.epochs=1", "finetune.slf.batch_size=64", "evaluate.samples=16",
+    "evaluate.aa_samples=4", "evaluate.eps_sweep=[]", "evaluate.steps_sweep=[]", "evaluate.tsne_samples=0",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("source_format", ["torchvision", "timm", "robustssl"])
+def test_an_outside_encoder_is_finetuned_and_evaluated(run, source_format):
+    """`advcl finetune --encoder FILE --arch A` then `advcl evaluate`, for another tool's file format."""
+    from advcl_plugin.core.resnet import build_backbone
+
+    cwd, env = run
+    if source_format == "timm":
+        timm = pytest.importorskip("timm")
+        arch, state = "resnet18", timm.create_model("resnet18", pretrained=False, num_classes=10).state_dict()
+    else:
+        arch, state = "torchvision_cifar_resnet18", build_backbone("torchvision_cifar_resnet18").state_dict()
+    if source_format == "robustssl":  # AdvCL's dual BN as the benchmark stores it (only the adversarial route)
+        state = {
+            k.replace("downsample.0.", "downsample.conv.").replace("downsample.1.", "downsample.bn.bn_list.1.")
+            .replace("bn1.", "bn1.bn_list.1.").replace("bn2.", "bn2.bn_list.1."): v
+            for k, v in state.items()
+        }  # fmt: skip
+        payload = {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 1000}
+    else:
+        payload = state
+    torch.save(payload, cwd / f"{source_format}.pt")
+    name = f"name=outside-{source_format}"
+    advcl("finetune", "-c", "demo", name, *OUTSIDE_TINY, "--encoder", f"{source_format}.pt", "--arch", arch,
+          "--source-format", source_format, cwd=cwd, env=env)  # fmt: skip
+    advcl("evaluate", "-c", "demo", name, *OUTSIDE_TINY, cwd=cwd, env=env)
+    result = json.loads((cwd / "runs" / f"outside-{source_format}" / "eval-slf.json").read_text())
+    assert result["method"] == "external" and result["encoder"].endswith(f"{source_format}.pt")
+    assert result["samples"] == 16 and 0 <= result["ra"] <= result["sa"] <= 1
+    _, info = load_classifier(cwd / "runs" / f"outside-{source_format}" / "finetune-slf" / "classifier.pt")
+    assert info["encoder"]["source_format"] == source_format and info["encoder"]["arch"] == arch
 
 
 def test_robustness_checks_name_the_violation(tmp_path):

@@ -26,6 +26,7 @@ if not SOLO_ROOT or not (Path(SOLO_ROOT) / "main_pretrain.py").is_file():
     )
 
 from advcl_plugin import PseudoLabels, cluster_pseudo_labels  # noqa: E402
+from advcl_plugin.app.artifacts import load_encoder  # noqa: E402
 from advcl_plugin.app.config import DataConfig  # noqa: E402
 from advcl_plugin.app.stages.make_folder import write_image_folder  # noqa: E402
 from advcl_plugin.core.routed_bn import bn_route, export_bn_route  # noqa: E402
@@ -93,7 +94,7 @@ def logged(cwd: Path, name: str) -> list[float]:
     return [float(row[name]) for row in rows if row.get(name)]
 
 
-def test_stock_scripts_with_only_the_registration_import(folder, tmp_path):
+def test_stock_scripts_with_only_the_registration_import(folder, tmp_path, data_dir):
     """main_pretrain.py and main_linear.py, unmodified, with `import advcl_plugin.solo` and no compat patch."""
     stock_script(
         "main_pretrain.py", "--config-path", PKG, "--config-name", "advcl_tiny_cpu",
@@ -105,6 +106,32 @@ def test_stock_scripts_with_only_the_registration_import(folder, tmp_path):
     # backbone.* holds the "pgd" route under the native names, the other routes beside it
     assert any(k.startswith("backbone.") and ".aux_routes.pgd_ce." in k for k in state)
     assert not torch.equal(state["backbone.bn1.running_mean"], state["backbone.bn1.aux_routes.normal.running_mean"])
+
+    # the same checkpoint, finetuned and evaluated by the advcl lab as another tool's encoder (solo-learn's
+    # ImageNet-stem resnet18 for custom data, trained on ImageNet-normalised images)
+    env = dict(os.environ, ADVCL_DATA_DIR=str(data_dir))
+    tiny = [
+        "data.limit=64", "finetune.slf.epochs=1", "finetune.slf.batch_size=64", "evaluate.samples=16",
+        "evaluate.aa_samples=0", "evaluate.eps_sweep=[]", "evaluate.steps_sweep=[]", "evaluate.tsne_samples=0",
+        "name=from-solo",
+    ]  # fmt: skip
+    for command in (
+        ["finetune", "--encoder", str(ckpt_path), "--source-format", "solo", "--arch", "resnet18",
+         "--input-normalization", "imagenet"],
+        ["evaluate"],
+    ):  # fmt: skip
+        _check(subprocess.run([sys.executable, "-m", "advcl_plugin.app.cli", "--quiet", *command, "-c", "demo", *tiny],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600))  # fmt: skip
+    outside = json.loads((tmp_path / "runs" / "from-solo" / "eval-slf.json").read_text())
+    assert outside["method"] == "external" and outside["samples"] == 16
+    encoder, info = load_encoder(ckpt_path, arch="resnet18", input_normalization="imagenet")
+    assert info["source_format"] == "solo" and info["input_normalization"] == "imagenet"
+    for key, value in encoder.encoder.state_dict().items():  # the "pgd" route under the native names
+        torch.testing.assert_close(value, state[f"backbone.{key}"], msg=key)
+    normal, _ = load_encoder(ckpt_path, arch="resnet18", route="normal")
+    torch.testing.assert_close(
+        normal.state_dict()["bn1.running_mean"], state["backbone.bn1.aux_routes.normal.running_mean"]
+    )
 
     stock_script(
         "main_linear.py", "--config-path", PKG, "--config-name", "linear_tiny_cpu",

@@ -24,6 +24,13 @@ def test_shipped_studies_are_valid():
         base = load_recipe(study.base)
         assert base.data.dataset == "cifar10-jpeg-offline"  # the full train split
         assert base.eval_data().dataset == "cifar10-offline"  # exact pixels for the final numbers
+    seeds, longer = load_study("study/cpu_seeds"), load_study("study/cpu_5x")
+    assert seeds.seeds == [0, 1, 2] and [arm.name for arm in seeds.arms] == ["simclr", "acl", "advcl"]
+    assert seeds.base == longer.base == load_study("study/cpu").base
+    base = load_recipe(longer.base)
+    five_x = load_recipe(longer.base, longer.overrides)
+    assert five_x.trainer.limit_train_batches == 5 * base.trainer.limit_train_batches
+    assert five_x.optim.epochs == base.optim.epochs  # 5x the steps, same epochs: the schedule stretches
 
 
 def test_verdicts_use_the_test_set_size():
@@ -36,6 +43,27 @@ def test_verdicts_use_the_test_set_size():
     assert by_claim["ACL > SimCLR in SLF RA"]["verdict"].startswith("inconclusive")  # 0.5 pts on 1,000 images
     rows = verdicts({"advcl": result(0.10), "acl": result(0.20)})
     assert rows[0]["verdict"].startswith("does not hold")
+
+
+def test_verdicts_give_the_seed_spread_and_take_the_wider_interval():
+    def seeds(values, n=1000):
+        return {"slf": [{"ra": v, "sa": 0.5, "samples": n, "seed": s} for s, v in enumerate(values)]}
+
+    def mean(values, n=1000):
+        return {"slf": {"ra": sum(values) / len(values), "sa": 0.5, "samples": n}}
+
+    steady, noisy = [0.30, 0.31, 0.29], [0.20, 0.21, 0.19]
+    rows = verdicts({"advcl": mean(steady), "acl": mean(noisy)}, {"advcl": seeds(steady), "acl": seeds(noisy)})
+    row = rows[0]
+    assert row["seed_spread"]["differences"] == pytest.approx([0.10, 0.10, 0.10])
+    assert row["seed_spread"]["interval95"] == pytest.approx(0.0, abs=1e-9)
+    assert row["verdict"].startswith("holds") and "3 seeds" in row["verdict"]
+    # the same mean difference, but the seeds disagree: the t interval (4.303 * s / sqrt 3) decides
+    swings, flat = [0.40, 0.20, 0.30], [0.20, 0.20, 0.20]
+    rows = verdicts({"advcl": mean(swings), "acl": mean(flat)}, {"advcl": seeds(swings), "acl": seeds(flat)})
+    spread = rows[0]["seed_spread"]
+    assert spread["interval95"] == pytest.approx(4.303 * 0.1 / 3**0.5, rel=1e-3)
+    assert rows[0]["verdict"].startswith("inconclusive")
 
 
 def test_tiny_study_runs_and_continues(tmp_path, data_dir):

@@ -8,7 +8,10 @@ fallback, so a file handed in by a user cannot run code.  Models are rebuilt thr
   route, with its architecture, width, route and method;
 * ``classifier.pt`` (``format: advcl-classifier``): encoder + linear head, with how it was finetuned;
 * pretraining checkpoints (``.ckpt``, Lightning's format with the recipe in its hyper-parameters);
-* plain state dicts of a known architecture (torchvision/timm naming, solo-learn checkpoints).
+* encoders of other tools, named by their ``source_format`` and architecture
+  (:data:`ENCODER_SOURCES`): torchvision/timm state dicts, solo-learn checkpoints, and checkpoints
+  in the RobustSSL benchmark's format (dual BN ``bn_list.<i>``, ``downsample.conv``/``.bn``).
+  Every key must fit: a mismatch is refused with the keys listed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from advcl_plugin.core.objective import AdvCLObjective
+from advcl_plugin.core.pixels import INPUT_NORMALIZATIONS, NormalizedEncoder
 from advcl_plugin.core.resnet import build_backbone
 from advcl_plugin.core.routed_bn import (
     convert_legacy_routed_state_dict,
@@ -34,11 +38,13 @@ from advcl_plugin.core.routed_bn import (
 __all__ = [
     "CLASSIFIER_FORMAT",
     "ENCODER_FORMAT",
+    "ENCODER_SOURCES",
     "RobustClassifier",
     "encoder_from_checkpoint",
     "load_classifier",
     "load_encoder",
     "read_checkpoint",
+    "robustssl_state_dict",
     "save_classifier",
     "save_encoder",
     "write_record",
@@ -47,6 +53,10 @@ __all__ = [
 ENCODER_FORMAT = "advcl-encoder"
 CLASSIFIER_FORMAT = "advcl-classifier"
 _PREFIXES = ("module.", "backbone.", "encoder.", "model.")
+#: formats :func:`load_encoder` reads ("auto" tells them apart by their keys)
+ENCODER_SOURCES = ("auto", "advcl", "solo", "torchvision", "timm", "robustssl")
+#: BN route names of dual-BN checkpoints in the RobustSSL benchmark's format (``bn_list.0``, ``bn_list.1``)
+ROBUSTSSL_ROUTES = {"normal": 0, "pgd": 1}
 
 
 class RobustClassifier(nn.Module):
@@ -149,25 +159,136 @@ def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return state
 
 
-def _load_plain(state: dict[str, Tensor], arch: str | None, width: int, path: Path) -> tuple[nn.Module, dict]:
+def _key_list(keys: list[str], limit: int = 20) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{len(keys)} [{shown}{', ...' if len(keys) > limit else ''}]"
+
+
+def _strict_load(backbone: nn.Module, state: dict[str, Tensor], path: Path, what: str) -> None:
+    """Load every key or refuse, listing the keys that do not fit and the shapes that differ."""
+    expected = backbone.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f"missing {_key_list(missing)}")
+        if unexpected:
+            problems.append(f"unexpected {_key_list(unexpected)}")
+        if shapes:
+            problems.append(f"shape mismatch (file vs {what}) {_key_list(shapes)}")
+        raise ValueError(f"{path} does not fit {what}: " + "; ".join(problems))
+    backbone.load_state_dict(state, strict=True)
+
+
+def robustssl_state_dict(state: dict[str, Tensor], route: str = "pgd") -> dict[str, Tensor]:
+    """A checkpoint in the RobustSSL benchmark's format as torchvision names, keeping one BN route.
+
+    The benchmark's dual-BN ResNets keep each BN route under ``<bn>.bn_list.<i>`` (``0``: normal,
+    ``1``: adversarial, the one it finetunes) and call a block's shortcut ``downsample.conv`` /
+    ``downsample.bn``; plain ones use torchvision's names.  The head (``fc``) and the input
+    normalisation buffers (``normalize.*``) are dropped; other routes' BN layers too.
+    """
+    if route not in ROBUSTSSL_ROUTES:
+        raise ValueError(f"route must be one of {list(ROBUSTSSL_ROUTES)} for a RobustSSL checkpoint, got {route!r}")
+    keep = f".bn_list.{ROBUSTSSL_ROUTES[route]}."
+    converted: dict[str, Tensor] = {}
+    for key, value in _strip_prefixes(state).items():
+        if key.startswith(("fc.", "normalize.")):
+            continue
+        if ".bn_list." in key:
+            if keep not in key:
+                continue
+            key = key.replace(keep, ".")
+        key = key.replace("downsample.conv.", "downsample.0.").replace("downsample.bn.", "downsample.1.")
+        converted[key] = value
+    return converted
+
+
+def _solo_state_dict(state: dict[str, Tensor], route: str | None) -> dict[str, Tensor]:
+    """The ``backbone.`` part of a solo-learn checkpoint with one BN route under the native names
+    (this package's solo-learn methods keep the other routes under ``aux_routes.<route>``)."""
+    backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    if not backbone:
+        raise ValueError("the checkpoint has no backbone.* weights (is it a solo-learn checkpoint?)")
+    routes = {k.split(".aux_routes.")[1].split(".")[0] for k in backbone if ".aux_routes." in k}
+    if route is not None and route not in routes | {"pgd"}:
+        raise ValueError(f"the checkpoint has no {route!r} BN route; it has {sorted(routes | {'pgd'})}")
+    if route is not None and route in routes:
+        marker = f".aux_routes.{route}."
+        for key in [k for k in backbone if marker in k]:
+            backbone[key.replace(marker, ".")] = backbone[key]
+    return {k: v for k, v in backbone.items() if ".aux_routes." not in k}
+
+
+def _guess_source(payload: Any) -> str:
+    if isinstance(payload, dict) and payload.get("format") in (ENCODER_FORMAT, CLASSIFIER_FORMAT):
+        return "advcl"
+    if isinstance(payload, dict) and "recipe" in payload.get("hyper_parameters", {}):
+        return "advcl"
+    state = _state_of(payload)
+    if any(".bn_list." in k or "downsample.conv." in k for k in state):
+        return "robustssl"
+    if "pytorch-lightning_version" in payload and any(k.startswith("backbone.") for k in state):
+        return "solo"
+    return "torchvision"
+
+
+def _state_of(payload: Any) -> dict[str, Tensor]:
+    if isinstance(payload, dict):
+        for key in ("state_dict_dual", "state_dict", "model"):
+            if isinstance(payload.get(key), dict):
+                return payload[key]
+        if payload and all(isinstance(v, Tensor) for v in payload.values()):
+            return payload
+    return {}
+
+
+def _external_encoder(
+    payload: Any, source: str, arch: str | None, width: int, route: str | None, path: Path
+) -> tuple[nn.Module, dict[str, Any]]:
+    state = _state_of(payload)
+    if not state:
+        raise ValueError(f"{path} holds no state dict (looked for state_dict_dual, state_dict, model, or tensors)")
     if arch is None:
         raise ValueError(
-            f"{path} is a plain state dict: say which network it is with --arch (e.g. cifar_resnet18 --width 64, "
-            "torchvision_cifar_resnet18, resnet18, resnet50)"
+            f"{path} is a {source} state dict: say which network it is with --arch (cifar_resnet18 --width N, "
+            "torchvision_cifar_resnet18 for CIFAR ResNets with torchvision's names (RobustSSL, solo-learn), "
+            "resnet18, resnet34, resnet50)"
         )
-    if any(k.startswith("backbone.") for k in state):  # e.g. a solo-learn checkpoint: keep the backbone only
-        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
-    state = _strip_prefixes(state)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.") and ".aux_routes." not in f".{k}"}
+    if source == "robustssl":
+        state = robustssl_state_dict(state, route or "pgd")
+    elif source == "solo":
+        state = _solo_state_dict(state, route)
+    else:
+        if any(k.startswith("backbone.") for k in state):  # a backbone inside a bigger model: keep it
+            state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+        state = {k: v for k, v in _strip_prefixes(state).items() if not k.startswith("fc.")}
     backbone = build_backbone(arch, width)
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path} does not fit {arch} (width {width}): missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
-    info = {"arch": arch, "width": width, "feature_dim": backbone.feature_dim, "route": None, "method": "external"}
+    _strict_load(backbone, state, path, f"{arch}" + (f" (width {width})" if arch == "cifar_resnet18" else ""))
+    info = {
+        "arch": arch,
+        "width": width,
+        "feature_dim": backbone.feature_dim,
+        "route": (route or "pgd") if source == "robustssl" else route if source == "solo" else None,
+        "method": "external",
+        "source_format": source,
+    }
     return backbone, info
+
+
+def _with_input_normalization(backbone: nn.Module, info: dict[str, Any], name: str) -> tuple[nn.Module, dict]:
+    if name not in INPUT_NORMALIZATIONS:
+        raise ValueError(f"input_normalization must be one of {list(INPUT_NORMALIZATIONS)}, got {name!r}")
+    stats = INPUT_NORMALIZATIONS[name]
+    if stats is None:
+        return backbone, info
+    return NormalizedEncoder(backbone, *stats), info | {"input_normalization": name}
 
 
 def load_encoder(
@@ -175,16 +296,32 @@ def load_encoder(
     arch: str | None = None,
     width: int = 64,
     route: str | None = None,
+    source_format: str = "auto",
+    input_normalization: str = "none",
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """An encoder (pooled features) with ordinary BatchNorm, and a dict describing it.
+    """An encoder taking pixels in [0, 1] and returning pooled features, and a dict describing it.
 
     Accepts an ``encoder.pt`` written by ``advcl pretrain`` / ``advcl export``, a pretraining
     checkpoint (``.ckpt``; ``route`` defaults to the method's downstream route, ``pgd`` for
-    adversarial methods), or a plain state dict of a known ``arch`` (torchvision/timm naming;
-    ``backbone.``/``module.`` prefixes and ``fc`` are dropped).
+    adversarial methods), or another tool's encoder of a named ``arch`` (``source_format``, see
+    :data:`ENCODER_SOURCES`; ``"auto"`` tells them apart by their keys): a torchvision/timm state
+    dict, a solo-learn checkpoint (its ``backbone.*``), or a RobustSSL-format checkpoint (``route``
+    ``pgd``, the default, keeps ``bn_list.1``).  Every key must fit the architecture.
+    ``input_normalization`` (``"imagenet"``, ``"cifar10"``) wraps an encoder that was trained on
+    normalised images so that it takes pixels (the RobustSSL benchmark normalises with ImageNet's
+    statistics for every method but AdvCL and A-InfoNCE).  Loading is weights-only.
     """
+    if source_format not in ENCODER_SOURCES:
+        raise ValueError(f"source_format must be one of {ENCODER_SOURCES}, got {source_format!r}")
     path = Path(path)
     payload = read_checkpoint(path)
+    source = _guess_source(payload) if source_format == "auto" else source_format
+    if source != "advcl":
+        backbone, info = _external_encoder(payload, source, arch, width, route, path)
+        backbone, info = _with_input_normalization(backbone, info, input_normalization)
+        return backbone, info | {"source": str(path)}
+    if input_normalization != "none":
+        raise ValueError("encoders of this package take pixels in [0, 1]: input_normalization applies to other tools'")
     if isinstance(payload, dict) and payload.get("format") == ENCODER_FORMAT:
         if route is not None and route != payload["route"]:
             raise ValueError(
@@ -206,12 +343,7 @@ def load_encoder(
             )
         backbone, info = encoder_from_checkpoint(payload, route)
         return backbone, info | {"source": str(path)}
-    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
-        payload = payload["state_dict"]
-    if isinstance(payload, dict) and payload and all(isinstance(v, Tensor) for v in payload.values()):
-        backbone, info = _load_plain(payload, arch, width, path)
-        return backbone, info | {"source": str(path)}
-    raise ValueError(f"{path} is neither an advcl encoder/checkpoint nor a state dict")
+    raise ValueError(f"{path} is not an advcl encoder or pretraining checkpoint (name its --source-format?)")
 
 
 def save_classifier(
@@ -237,8 +369,9 @@ def load_classifier(path: str | os.PathLike) -> tuple[RobustClassifier, dict[str
     if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
         raise ValueError(f"{path} is not a classifier written by advcl finetune")
     encoder = payload["encoder"]
-    classifier = RobustClassifier(
-        build_backbone(encoder["arch"], encoder["width"]), encoder["feature_dim"], payload["num_classes"]
+    backbone, _ = _with_input_normalization(
+        build_backbone(encoder["arch"], encoder["width"]), {}, encoder.get("input_normalization", "none")
     )
+    classifier = RobustClassifier(backbone, encoder["feature_dim"], payload["num_classes"])
     classifier.load_state_dict(payload["state_dict"])
     return classifier, {k: v for k, v in payload.items() if k != "state_dict"}

@@ -18,10 +18,20 @@ def _recipe_arguments(parser: argparse.ArgumentParser, default: str | None = Non
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. optim.epochs=10")
 
 
+def _protocol_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--protocol",
+        choices=("authors", "robustssl"),
+        default=None,
+        help="finetuning/evaluation protocol: the AdvCL authors' scripts (default) or the RobustSSL benchmark's "
+        "(its settings over the recipe's; key=value overrides still win and are listed in the records)",
+    )
+
+
 def _load(args: argparse.Namespace):
     from advcl_plugin.app.config import load_recipe
 
-    return load_recipe(args.config, args.overrides)
+    return load_recipe(args.config, args.overrides, protocol=getattr(args, "protocol", None))
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -65,7 +75,15 @@ def cmd_make_folder(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     from advcl_plugin.app.stages.finetune import finetune
 
-    print(json.dumps(finetune(_load(args), args.mode, args.encoder, progress=not args.quiet), indent=2))
+    options = {
+        "arch": args.arch,
+        "width": args.width,
+        "route": args.route,
+        "source_format": args.source_format,
+        "input_normalization": args.input_normalization,
+    }
+    summary = finetune(_load(args), args.mode, args.encoder, progress=not args.quiet, encoder_options=options)
+    print(json.dumps(summary, indent=2))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -152,6 +170,8 @@ def cmd_selfcheck(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from advcl_plugin.app.artifacts import ENCODER_SOURCES
+
     parser = argparse.ArgumentParser(
         prog="advcl", description="AdvCL robust pretraining: pretrain, finetune, evaluate.", epilog=EPILOG
     )
@@ -194,7 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("finetune", help="SLF / ALF / AFF finetuning with lightly's harness", epilog=EPILOG)
     _recipe_arguments(p)
     p.add_argument("--mode", choices=("slf", "alf", "aff"), default="slf")
-    p.add_argument("--encoder", default=None, help="default: <run dir>/encoder.pt")
+    p.add_argument("--encoder", default=None, help="default: <run dir>/encoder.pt; or another tool's encoder")
+    _protocol_argument(p)
+    p.add_argument(
+        "--source-format",
+        choices=ENCODER_SOURCES,
+        default="auto",
+        help="format of --encoder: this package's, a solo-learn checkpoint, a torchvision/timm state dict, or a "
+        "RobustSSL-benchmark checkpoint (auto: told apart by its keys)",
+    )
+    p.add_argument("--arch", default=None, help="network of another tool's encoder (torchvision_cifar_resnet18, ...)")
+    p.add_argument("--width", type=int, default=64, help="width of a cifar_resnet18 state dict")
+    p.add_argument("--route", default=None, help="BN route to keep (pgd or normal; default: the adversarial one)")
+    p.add_argument(
+        "--input-normalization",
+        choices=("none", "imagenet", "cifar10"),
+        default="none",
+        help="the mean/std the encoder was trained with (the RobustSSL benchmark: imagenet except AdvCL, A-InfoNCE)",
+    )
     p.set_defaults(handler=cmd_finetune)
 
     p = commands.add_parser("evaluate", help="SA, RA (PGD), AA (AutoAttack) and the eps / steps sweeps", epilog=EPILOG)
@@ -202,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("slf", "alf", "aff"), default="slf")
     p.add_argument("--classifier", default=None, help="default: <run dir>/finetune-<mode>/classifier.pt")
     p.add_argument("--out", default=None, help="default: <run dir>/eval-<mode>.json")
+    _protocol_argument(p)
     p.set_defaults(handler=cmd_evaluate)
 
     p = commands.add_parser("export", help="write the encoder with one BN route as ordinary BatchNorm")
@@ -258,7 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the options (`-c demo --mode aff finetune.aff.epochs=1`)
+    unknown = [item for item in extra if "=" not in item or item.startswith("-")]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         args.handler(args)
     except (FileNotFoundError, ValueError, FloatingPointError) as error:

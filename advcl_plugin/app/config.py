@@ -30,10 +30,17 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from advcl_plugin.core.config import PAPER_EVALUATION, PAPER_FINETUNE, PAPER_SCHEDULE, AdvCLConfig
+from advcl_plugin.core.config import (
+    PAPER_EVALUATION,
+    PAPER_FINETUNE,
+    PAPER_SCHEDULE,
+    AdvCLConfig,
+    robustssl_protocol,
+)
 from advcl_plugin.core.methods import build_config
 
 __all__ = [
+    "PROTOCOLS",
     "DataConfig",
     "EvalConfig",
     "FinetuneConfig",
@@ -47,6 +54,8 @@ __all__ = [
     "available_studies",
     "load_recipe",
     "load_structured",
+    "protocol_deviations",
+    "protocol_settings",
     "read_yaml",
     "recipe_path",
 ]
@@ -129,6 +138,8 @@ class FinetuneConfig:
     attack_step_size: float = PAPER_EVALUATION.step_size
     val_fraction: float = 0.0  # >0: hold out this share of the train split and keep the best held-out RA epoch
     val_attack_steps: int = 10
+    loss: str = PAPER_FINETUNE.loss  # AFF: "ce" (PGD cross-entropy, the authors') or "trades" (RobustSSL's)
+    trades_beta: float = PAPER_FINETUNE.trades_beta
 
 
 @dataclass
@@ -167,6 +178,7 @@ class Recipe:
     method: str = "advcl"
     method_kwargs: dict[str, Any] = field(default_factory=dict)  # changes to the method's AdvCLConfig
     seed: int = 0
+    protocol: str = "authors"  # finetuning/evaluation protocol: "authors" (AdvCL's scripts) or "robustssl"
     attack_every: int = 1  # attack every k-th batch; the others use only the random start (cheaper, not the paper)
     output_dir: str = "runs"
     resume: str | None = "auto"  # "auto": continue from <run dir>/checkpoints/last.ckpt if present
@@ -233,11 +245,15 @@ def _dotlist(overrides: list[str], where: str) -> dict[str, Any]:
 
 
 def load_structured(
-    schema: type, tree: dict[str, Any], overrides: list[str] | None = None, where: str = "recipe"
+    schema: type,
+    tree: dict[str, Any],
+    overrides: list[str] | None = None,
+    where: str = "recipe",
+    between: list[dict[str, Any]] | None = None,
 ) -> Any:
-    """Validate ``tree`` (+ dotted ``overrides``) against the dataclass ``schema`` with OmegaConf and
-    return the dataclass instance; every problem becomes one ``ValueError`` naming the key."""
-    layers = [_fractions(tree), _fractions(_dotlist(overrides or [], where))]
+    """Validate ``tree`` (+ the ``between`` layers, + dotted ``overrides``) against the dataclass ``schema``
+    with OmegaConf and return the dataclass instance; every problem becomes one ``ValueError`` naming the key."""
+    layers = [_fractions(tree), *(between or []), _fractions(_dotlist(overrides or [], where))]
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), *layers)
         return OmegaConf.to_object(merged)
@@ -310,11 +326,99 @@ def recipe_path(name_or_path: str | os.PathLike) -> Path:
     )
 
 
-def load_recipe(name_or_path: str | os.PathLike | dict, overrides: list[str] | None = None) -> Recipe:
+PROTOCOLS = ("authors", "robustssl")
+
+
+def protocol_settings(protocol: str, method: str) -> dict[str, Any]:
+    """The finetuning and evaluation settings a protocol fixes, as a recipe tree.
+
+    ``"authors"``: the AdvCL authors' finetuning script (:data:`~advcl_plugin.core.config.PAPER_FINETUNE`
+    for every mode) and the paper's evaluation; ``"robustssl"``: the RobustSSL benchmark's
+    (:func:`~advcl_plugin.core.config.robustssl_protocol` of the method).  Both evaluate the whole test set.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "robustssl":
+        settings = robustssl_protocol(method)
+        schedules, evaluation = {m: getattr(settings, m) for m in ("slf", "alf", "aff")}, settings.evaluation
+    else:
+        schedules, evaluation = dict.fromkeys(("slf", "alf", "aff"), PAPER_FINETUNE), PAPER_EVALUATION
+    finetune = {
+        mode: {
+            "epochs": s.epochs,
+            "batch_size": s.batch_size,
+            "lr": s.lr,
+            "momentum": s.momentum,
+            "weight_decay": s.weight_decay,
+            "milestones": list(s.milestones),
+            "gamma": s.gamma,
+            "attack_steps": s.attack_steps,
+            "attack_eps": evaluation.eps,
+            "attack_step_size": evaluation.step_size,
+            "val_fraction": 0.0,
+            "loss": s.loss,
+            "trades_beta": s.trades_beta,
+        }
+        for mode, s in schedules.items()
+    }
+    evaluate = {
+        "eps": evaluation.eps, "step_size": evaluation.step_size, "pgd_steps": evaluation.pgd_steps,
+        "samples": None, "aa_samples": None, "aa_version": evaluation.aa_version,
+    }  # fmt: skip
+    return {"finetune": finetune, "evaluate": evaluate}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def protocol_deviations(recipe: Recipe, modes: tuple[str, ...] = ("slf", "alf", "aff")) -> dict[str, list[Any]]:
+    """Every setting of ``recipe.protocol`` that the recipe changes (``key: [protocol's, used]``), for the
+    finetuning ``modes`` named and the evaluation; empty when the run follows its protocol exactly."""
+    used = _flatten(dataclasses.asdict(recipe))
+    deviations = {}
+    for key, expected in _flatten(protocol_settings(recipe.protocol, recipe.method)).items():
+        section, _, rest = key.partition(".")
+        if section == "finetune" and rest.partition(".")[0] not in modes:
+            continue
+        value = used[key]
+        same = (
+            value == expected
+            if not isinstance(expected, float) or not isinstance(value, int | float)
+            else abs(value - expected) <= 1e-9 * max(1.0, abs(expected))
+        )
+        if not same:
+            deviations[key] = [expected, value]
+    return deviations
+
+
+def load_recipe(
+    name_or_path: str | os.PathLike | dict, overrides: list[str] | None = None, protocol: str | None = None
+) -> Recipe:
     """Read a recipe (file, shipped name or dict), apply ``key=value`` overrides and validate all of it,
-    including the objective's settings."""
+    including the objective's settings.
+
+    ``protocol="robustssl"`` (or ``protocol: robustssl`` in the recipe) puts the benchmark's finetuning and
+    evaluation settings over the recipe's; ``overrides`` still come last, and every setting they change is
+    named by :func:`protocol_deviations` in the records the run writes.
+    """
     tree = dict(name_or_path) if isinstance(name_or_path, dict) else read_yaml(recipe_path(name_or_path))
     recipe = load_structured(Recipe, tree, overrides)
+    if protocol is not None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        recipe.protocol = protocol
+    if recipe.protocol not in PROTOCOLS:
+        raise ValueError(f"recipe.protocol must be one of {PROTOCOLS}, got {recipe.protocol!r}")
+    if recipe.protocol == "robustssl":
+        preset = protocol_settings("robustssl", recipe.method) | {"protocol": "robustssl"}
+        recipe = load_structured(Recipe, tree, overrides, between=[preset])
     _validate(recipe)
     return recipe
 
@@ -360,6 +464,10 @@ def _validate(recipe: Recipe) -> None:
         _positive(f"finetune.{mode}.lr", section.lr)
         _positive(f"finetune.{mode}.epochs", section.epochs)
         _positive(f"finetune.{mode}.batch_size", section.batch_size)
+        if section.loss not in ("ce", "trades"):
+            raise ValueError(f"recipe.finetune.{mode}.loss must be 'ce' or 'trades', got {section.loss!r}")
+        if section.loss == "trades" and mode != "aff":
+            raise ValueError(f"recipe.finetune.{mode}.loss: TRADES trains the whole network, so only aff takes it")
         if not 0 <= section.val_fraction < 1:
             raise ValueError(f"recipe.finetune.{mode}.val_fraction must lie in [0, 1), got {section.val_fraction}")
     if not 0 <= recipe.evaluate.eps <= 1:

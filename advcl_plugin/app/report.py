@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["build_report", "robustness_checks"]
+__all__ = ["build_report", "robustness_checks", "wilson_interval95"]
 
 
 class RobustnessCheckWarning(UserWarning):
@@ -48,29 +49,84 @@ def robustness_checks(result: dict[str, Any]) -> list[str]:
     return problems
 
 
+def wilson_interval95(p: float, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy ``p`` measured on ``n`` independent test images."""
+    if n <= 0:
+        return (0.0, 1.0)
+    z = 1.96
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def _percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
 
-def _markdown(results: list[dict[str, Any]], timings: dict[str, Any] | None, problems: list[str]) -> str:
+def _with_interval(value: float | None, n: int | None) -> str:
+    """``41.20 ± 3.05``: the accuracy and the larger distance to its 95% Wilson bounds, in points."""
+    if value is None or not n:
+        return "—"
+    low, high = wilson_interval95(value, n)
+    return f"{100 * value:.2f} ± {100 * max(value - low, high - value):.2f}"
+
+
+def _protocol_name(result: dict[str, Any]) -> str:
+    name = result.get("protocol", "authors")
+    return name + ("*" if result.get("protocol_deviations") else "")
+
+
+def _leaderboard(results: list[dict[str, Any]]) -> list[str]:
+    """One row per method and protocol, one ``AA / SA`` column per finetuning mode (the RobustSSL
+    leaderboard's layout), RA in brackets."""
+    rows: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in results:
+        rows.setdefault((str(r["method"]), _protocol_name(r)), {})[r["mode"]] = r
+    modes = [m for m in ("slf", "alf", "aff") if any(m in by_mode for by_mode in rows.values())]
     lines = [
-        "| method | finetuning | SA (%) | RA (%) | AA (%) | RA / AA images | selection |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| method | protocol | " + " | ".join(f"{m.upper()} AA / SA (RA)" for m in modes) + " |",
+        "| --- | --- |" + " --- |" * len(modes),
+    ]
+    for (method, protocol), by_mode in rows.items():
+        cells = []
+        for mode in modes:
+            r = by_mode.get(mode)
+            cells.append("—" if r is None else f"{_percent(r.get('aa'))} / {_percent(r['sa'])} ({_percent(r['ra'])})")
+        lines.append(f"| {method} | {protocol} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _markdown(results: list[dict[str, Any]], timings: dict[str, Any] | None, problems: list[str]) -> str:
+    lines = _leaderboard(results)
+    lines += [
+        "",
+        "| method | protocol | finetuning | SA (%) | RA (%) | AA (%) | test images SA, RA / AA "
+        "| exact pixels | selection |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        aa = f"{_percent(r.get('aa'))}" if "aa" in r else "—"
-        counts = f"{r['samples']} / {r.get('aa_samples', 0)}"
+        aa = _with_interval(r.get("aa"), r.get("aa_samples"))
+        exact = {True: "yes", False: "no (JPEG)"}.get(r.get("exact_pixels"), "—")  # type: ignore[arg-type]
         lines.append(
-            f"| {r['method']} | {r['mode'].upper()} | {_percent(r['sa'])} | {_percent(r['ra'])} | {aa} | "
-            f"{counts} | {r['selection']} |"
+            f"| {r['method']} | {_protocol_name(r)} | {r['mode'].upper()} | {_with_interval(r['sa'], r['samples'])} | "
+            f"{_with_interval(r['ra'], r['samples'])} | {aa} | {r['samples']} / {r.get('aa_samples', 0)} "
+            f"of {r.get('test_split_images', '?')} | {exact} | {r['selection']} |"
         )
     first = results[0] if results else {}
     lines += [
         "",
+        "± : 95% Wilson interval of each accuracy over its test images (images are the only source of "
+        "variation it counts: not seeds). "
         f"RA: PGD-{first.get('pgd_steps')} at eps {first.get('eps', 0) * 255:g}/255 (step "
         f"{first.get('step_size', 0) * 255:g}/255, random start); AA: AutoAttack (standard, L-inf) on evenly "
         "spaced images of the test split; test set: " + str(first.get("dataset")),
     ]
+    deviating = [r for r in results if r.get("protocol_deviations")]
+    if deviating:
+        lines += ["", "\\* the run changes settings its protocol fixes (protocol's value -> value used):"]
+        for r in deviating:
+            changes = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in r["protocol_deviations"].items())
+            lines.append(f"- {r['method']} {r['mode'].upper()} ({r.get('protocol', 'authors')}): {changes}")
     if timings:
         lines += ["", "| stage | seconds |", "| --- | --- |"]
         lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]
@@ -160,7 +216,10 @@ def build_report(
         warnings.warn(problem, RobustnessCheckWarning, stacklevel=2)
     plots = [str(p) for p in _plot_sweeps(results, output_dir)]
     features = [
-        (f"{r['method']} ({r['mode'].upper()})", Path(r["file"]).with_name(f"features-{r['mode']}.npz"))
+        (
+            f"{r['method']} ({r['mode'].upper()})",
+            Path(r["file"]).with_name(r.get("features", f"features-{r['mode']}.npz")),
+        )
         for r in results
     ]
     tsne = _plot_tsne(features, output_dir)

@@ -22,7 +22,7 @@ from typing import Any
 from advcl_plugin.app.config import Recipe, load_recipe, load_structured, read_yaml, recipe_path
 from advcl_plugin.app.report import build_report
 from advcl_plugin.app.stages.evaluate import evaluate
-from advcl_plugin.app.stages.finetune import finetune
+from advcl_plugin.app.stages.finetune import finetune, protocol_tag
 from advcl_plugin.app.stages.pretrain import pretrain
 from advcl_plugin.app.stages.pseudo_labels import make_pseudo_labels
 
@@ -63,7 +63,12 @@ ORDERINGS: list[tuple[str, str, str, str, str, str]] = [
     ("Table 5", "pseudo labels help (SLF RA)", "advcl", "advcl-no-pl", "ra", "slf"),
     ("Table 5", "the K ensemble >= a single K = 10 (SLF RA)", "advcl", "advcl-k10", "ra", "slf"),
     ("—", "authors' pseudo labels vs our ClusterFit ones (SLF RA)", "advcl", "advcl-own-pl", "ra", "slf"),
+    ("Table 1", "AdvCL > ACL in SLF RA, at 5x the steps", "advcl-5x", "acl-5x", "ra", "slf"),
+    ("Table 1", "AdvCL > ACL in SLF AA, at 5x the steps", "advcl-5x", "acl-5x", "aa", "slf"),
 ]
+
+#: two-sided 95% Student t quantiles by degrees of freedom (seed spread of a difference)
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def load_study(name_or_path: str) -> StudyConfig:
@@ -88,16 +93,49 @@ def _standard_error(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
 
 
-def verdicts(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+def _seed_spread(better: list[dict[str, Any]], worse: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """Per-seed differences of ``metric`` (paired by seed) and a 95% t interval of their mean."""
+    by_seed = {r.get("seed"): r for r in worse if metric in r}
+    differences = [
+        r[metric] - by_seed[r.get("seed")][metric] for r in better if r.get("seed") in by_seed and metric in r
+    ]
+    if len(differences) < 2:
+        return None
+    mean = sum(differences) / len(differences)
+    std = math.sqrt(sum((d - mean) ** 2 for d in differences) / (len(differences) - 1))
+    half = _T975.get(len(differences) - 1, 1.96) * std / math.sqrt(len(differences))
+    return {"differences": differences, "mean": mean, "std": std, "interval95": half}
+
+
+def verdicts(
+    results: dict[str, dict[str, dict[str, Any]]],
+    per_seed: dict[str, dict[str, list[dict[str, Any]]]] | None = None,
+) -> list[dict[str, Any]]:
     """For each ordering whose arms were run: the two values, their difference, a 95% interval of the
-    difference (binomial, independent test-image errors) and ``holds`` / ``does not hold``."""
+    difference (binomial, independent test-image errors) and ``holds`` / ``does not hold``.
+
+    With several seeds (``per_seed``: each arm's per-seed results), the seed spread is given beside it:
+    the per-seed differences and a 95% t interval of their mean; the verdict then takes the wider of
+    the two intervals.
+    """
     rows = []
     for table, claim, better, worse, metric, mode in ORDERINGS:
         a, b = results.get(better, {}).get(mode), results.get(worse, {}).get(mode)
-        if not a or not b:
+        if not a or not b or metric not in a or metric not in b:
             continue
         difference = a[metric] - b[metric]
-        spread = 1.96 * math.hypot(_standard_error(a[metric], a["samples"]), _standard_error(b[metric], b["samples"]))
+        n_a, n_b = (a["aa_samples"], b["aa_samples"]) if metric == "aa" else (a["samples"], b["samples"])
+        binomial = 1.96 * math.hypot(_standard_error(a[metric], n_a), _standard_error(b[metric], n_b))
+        seeds = (
+            _seed_spread(per_seed[better][mode], per_seed[worse][mode], metric)
+            if per_seed and mode in per_seed.get(better, {}) and mode in per_seed.get(worse, {})
+            else None
+        )
+        spread = max(binomial, seeds["interval95"]) if seeds else binomial
+        verdict = "holds" if difference > spread else "does not hold" if difference < -spread else "inconclusive"
+        verdict += f" ({100 * difference:+.2f} pts, ±{100 * binomial:.2f} binomial"
+        if seeds:
+            verdict += f"; {len(seeds['differences'])} seeds: ±{100 * seeds['interval95']:.2f} (t, 95%)"
         rows.append(
             {
                 "table": table,
@@ -106,11 +144,9 @@ def verdicts(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, An
                 "worse_arm": worse,
                 "values": (a[metric], b[metric]),
                 "difference": difference,
-                "interval95": spread,
-                "verdict": (
-                    "holds" if difference > spread else "does not hold" if difference < -spread else "inconclusive"
-                )
-                + f" ({100 * difference:+.2f} pts, ±{100 * spread:.2f})",
+                "interval95": binomial,
+                "seed_spread": seeds,
+                "verdict": verdict + ")",
             }
         )
     return rows
@@ -189,9 +225,10 @@ def _pretrained(recipe: Recipe, progress: bool, timings: dict[str, float]) -> No
 
 def _finetuned_and_evaluated(recipe: Recipe, mode: str, aa_samples: int, progress: bool,
                              timings: dict[str, float]) -> Path:  # fmt: skip
-    if not (recipe.run_dir / f"finetune-{mode}" / "classifier.pt").is_file():
-        _timed(timings, recipe.run_dir, f"{recipe.name} {mode}", lambda: finetune(recipe, mode, progress=progress))
-    evaluation = recipe.run_dir / f"eval-{mode}.json"
+    tag = protocol_tag(recipe.protocol)
+    if not (recipe.run_dir / f"finetune-{tag}{mode}" / "classifier.pt").is_file():
+        _timed(timings, recipe.run_dir, f"{recipe.name} {tag}{mode}", lambda: finetune(recipe, mode, progress=progress))
+    evaluation = recipe.run_dir / f"eval-{tag}{mode}.json"
     if not evaluation.is_file():
         recipe.evaluate.aa_samples = aa_samples
         _timed(timings, recipe.run_dir, f"{recipe.name} evaluate {mode}",
@@ -235,12 +272,12 @@ def run_study(
                     recipe, mode, study.aa_samples if with_autoattack else 0, progress, timings
                 )
                 result = json.loads(evaluation.read_text())
-                result["method"] = arm.name
+                result["method"], result["seed"] = arm.name, seed
                 evaluation.write_text(json.dumps(result, indent=2))
                 eval_files.append(evaluation)
                 per_arm.setdefault(arm.name, {}).setdefault(mode, []).append(result)
     results = {arm: {mode: _mean_over_seeds(runs) for mode, runs in modes.items()} for arm, modes in per_arm.items()}
-    rows = verdicts(results)
+    rows = verdicts(results, per_arm)
     lines = [f"Budget: {study.budget}", f"Hardware: {study.hardware}"]
     if rows:
         lines += ["", "| paper | claim | values (%) | verdict |", "| --- | --- | --- | --- |"]

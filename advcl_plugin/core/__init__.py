@@ -31,6 +31,7 @@ from advcl_plugin.core.routed_bn import (
     plain_state_dict,
     routed_bn_layers,
 )
+from advcl_plugin.core.trades import trades_kl_attack, trades_loss
 
 __all__ = [
     "DEFAULT_ROUTES",
@@ -69,4 +70,6 @@ __all__ = [
     "plain_state_dict",
     "pseudo_label_loss",
     "routed_bn_layers",
+    "trades_kl_attack",
+    "trades_loss",
 ]

@@ -38,12 +38,15 @@ __all__ = [
     "PAPER_FINETUNE",
     "PAPER_SCHEDULE",
     "PAPER_VIEWS",
+    "ROBUSTSSL",
     "AdvCLConfig",
     "EvaluationProtocol",
     "FinetuneSchedule",
     "PretrainSchedule",
+    "RobustSSLProtocol",
     "ViewConfig",
     "parse_number",
+    "robustssl_protocol",
 ]
 
 #: the paper's pseudo-label ensemble: one head per cluster count K (Table 5)
@@ -299,6 +302,8 @@ class FinetuneSchedule:
     milestones: tuple[int, ...] = (15, 20)
     gamma: float = 0.1
     attack_steps: int = 10
+    loss: str = "ce"  # "ce": cross-entropy on PGD examples (ALF, AFF); "trades": TRADES (Zhang et al. 2019)
+    trades_beta: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -314,3 +319,58 @@ class EvaluationProtocol:
 PAPER_SCHEDULE = PretrainSchedule()
 PAPER_FINETUNE = FinetuneSchedule()
 PAPER_EVALUATION = EvaluationProtocol()
+
+
+@dataclass(frozen=True)
+class RobustSSLProtocol:
+    """The RobustSSL benchmark's finetuning and evaluation (GodXuxilie/RobustSSL_Benchmark,
+    ``Finetuning_Methods/Vanilla_Finetuning``), for one pretraining family.
+
+    SLF and ALF: frozen encoder in eval mode, SGD (momentum 0.9, weight decay 2e-4), 25 epochs,
+    lr / 10 at ``milestones``, RandomCrop(32, padding 4) + flip, ALF on PGD-10 (eps 8/255, step
+    2/255) cross-entropy examples.  AFF: the whole network trained with TRADES (beta 6, KL attack
+    of 10 steps from a 0.001 Gaussian start, attack in eval mode, loss in train mode).  The
+    last epoch is kept (the script's optional test-set selection is off by default), and SA,
+    PGD-20 (RA) and AutoAttack ``standard`` (AA) are measured on the whole test set.
+    ``input_normalization``: the benchmark's ResNet normalises inputs with ImageNet's mean and
+    std for every pretraining method except AdvCL and A-InfoNCE.
+    """
+
+    family: str
+    slf: FinetuneSchedule
+    alf: FinetuneSchedule
+    aff: FinetuneSchedule
+    evaluation: EvaluationProtocol = EvaluationProtocol()
+    input_normalization: str = "none"
+    selection: str = "last epoch"
+    test_images: str = "all"
+
+
+def _robustssl_modes(slf_alf: FinetuneSchedule, aff: FinetuneSchedule) -> dict[str, FinetuneSchedule]:
+    return {"slf": slf_alf, "alf": slf_alf, "aff": aff}
+
+
+#: the benchmark's settings per pretraining family, CIFAR-10 (its ``setup_hyperparameter``)
+ROBUSTSSL: dict[str, RobustSSLProtocol] = {
+    "advcl": RobustSSLProtocol(  # AdvCL, A-InfoNCE, DeACL
+        "advcl",
+        **_robustssl_modes(
+            FinetuneSchedule(lr=0.01, batch_size=512, milestones=(15, 20)),
+            FinetuneSchedule(lr=0.1, batch_size=128, milestones=(15, 20), loss="trades"),
+        ),
+    ),
+    "acl": RobustSSLProtocol(  # ACL
+        "acl",
+        **_robustssl_modes(
+            FinetuneSchedule(lr=0.01, batch_size=512, milestones=(10, 20)),
+            FinetuneSchedule(lr=0.1, batch_size=128, epochs=100, milestones=(40, 60), loss="trades"),
+        ),
+        input_normalization="imagenet",
+    ),
+}
+
+
+def robustssl_protocol(method: str) -> RobustSSLProtocol:
+    """The benchmark's settings for a method of this package: ACL's for ``acl``, AdvCL's otherwise
+    (AdvCL, its ablations, and methods the benchmark does not list, such as SimCLR)."""
+    return ROBUSTSSL["acl" if method == "acl" else "advcl"]

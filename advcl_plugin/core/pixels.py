@@ -25,7 +25,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["NormalizedEncoder", "normalize", "random_padded_crop", "unnormalize"]
+__all__ = ["INPUT_NORMALIZATIONS", "NormalizedEncoder", "normalize", "random_padded_crop", "unnormalize"]
+
+#: per-channel (mean, std) an encoder may expect its input normalised with ("none": pixels in [0, 1])
+INPUT_NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "none": None,
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision, timm, the RobustSSL ResNet
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
 
 
 def _stats(values: Sequence[float] | Tensor, like: Tensor) -> Tensor:

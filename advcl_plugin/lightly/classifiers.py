@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from advcl_plugin.core.attack import pgd_linf
 from advcl_plugin.core.config import PAPER_EVALUATION as EVAL
 from advcl_plugin.core.config import PAPER_FINETUNE as SLF
+from advcl_plugin.core.trades import trades_kl_attack, trades_loss
 
 __all__ = ["AdversarialFinetuneClassifier", "RobustLinearClassifier"]
 
@@ -131,7 +132,9 @@ class RobustLinearClassifier(_RobustMixin, LinearClassifier):
 
 
 class AdversarialFinetuneClassifier(_RobustMixin, FinetuneClassifier):
-    """lightly's ``FinetuneClassifier`` for AFF: encoder and head trained on PGD examples."""
+    """lightly's ``FinetuneClassifier`` for AFF: encoder and head trained on PGD examples
+    (``loss="ce"``, the AdvCL authors' AFF) or with TRADES (``loss="trades"``, the RobustSSL
+    benchmark's AFF: KL attack in eval mode, :func:`advcl_plugin.core.trades.trades_loss` in train mode)."""
 
     def __init__(
         self,
@@ -149,9 +152,36 @@ class AdversarialFinetuneClassifier(_RobustMixin, FinetuneClassifier):
         attack_step_size: float = EVAL.step_size,
         attack_steps: int = SLF.attack_steps,
         val_attack_steps: int = SLF.attack_steps,
+        loss: str = SLF.loss,
+        trades_beta: float = SLF.trades_beta,
     ) -> None:
+        if loss not in ("ce", "trades"):
+            raise ValueError(f"loss must be 'ce' or 'trades', got {loss!r}")
         super().__init__(model, batch_size, lr, feature_dim, num_classes, topk=(1,))
         self._robust_settings(
             True, momentum, weight_decay, milestones, gamma, attack_eps, attack_step_size, attack_steps,
             val_attack_steps,
         )  # fmt: skip
+        self.loss, self.trades_beta = loss, trades_beta
+
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        if self.loss == "ce":
+            return super().training_step(batch, batch_idx)
+        images, targets = batch[0], batch[1]
+        was_training = self.model.training
+        self.model.eval()
+        self.classification_head.eval()
+        try:
+            adversarial = trades_kl_attack(
+                self.logits, images, self.attack_eps, self.attack_steps, self.attack_step_size
+            )
+        finally:
+            self.model.train(was_training)
+            self.classification_head.train(was_training)
+        # two forward passes, as the benchmark does: each batch gets its own BN statistics
+        natural_logits, adversarial_logits = self.logits(images), self.logits(adversarial)
+        loss = trades_loss(natural_logits, adversarial_logits, targets, self.trades_beta)
+        accuracy = (natural_logits.argmax(1) == targets).float().mean()
+        self.log("train_loss", loss, prog_bar=True, sync_dist=True, batch_size=len(targets))
+        self.log("train_top1", accuracy, sync_dist=True, batch_size=len(targets))
+        return loss

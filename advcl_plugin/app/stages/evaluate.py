@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from advcl_plugin.app.artifacts import load_classifier, write_record
-from advcl_plugin.app.config import EvalConfig, Recipe
+from advcl_plugin.app.config import EvalConfig, Recipe, protocol_deviations
 from advcl_plugin.app.data import evaluation_loader, load_split
 from advcl_plugin.core.robustness import evaluation_subset, robustness_metrics
 
@@ -47,11 +47,22 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``<run dir>/finetune-<mode>/classifier.pt`` (or ``classifier_path``) on the test split of
-    the recipe's evaluation data; writes ``<run dir>/eval-<mode>.json`` and test features for t-SNE."""
-    classifier_path = Path(classifier_path or recipe.run_dir / f"finetune-{mode}" / "classifier.pt")
+    the recipe's evaluation data; writes ``<run dir>/eval-<mode>.json`` and test features for t-SNE
+    (``finetune-robustssl-<mode>`` and ``eval-robustssl-<mode>.json`` under ``protocol: robustssl``)."""
+    from advcl_plugin.app.stages.finetune import protocol_tag
+
+    tag = protocol_tag(recipe.protocol)
+    classifier_path = Path(classifier_path or recipe.run_dir / f"finetune-{tag}{mode}" / "classifier.pt")
     if not classifier_path.is_file():
-        raise FileNotFoundError(f"no classifier at {classifier_path}: run `advcl finetune --mode {mode}` first")
+        hint = f" --protocol {recipe.protocol}" if tag else ""
+        raise FileNotFoundError(f"no classifier at {classifier_path}: run `advcl finetune --mode {mode}{hint}` first")
     model, info = load_classifier(classifier_path)
+    finetuned_under = info.get("protocol", "authors")
+    if finetuned_under != recipe.protocol:
+        raise ValueError(
+            f"{classifier_path} was finetuned under the {finetuned_under!r} protocol; evaluate it with "
+            f"--protocol {finetuned_under} (a report names one protocol per number)"
+        )
     device = torch.device("cuda" if torch.cuda.is_available() and recipe.trainer.accelerator != "cpu" else "cpu")
     model.to(device).eval()
     data = recipe.eval_data()
@@ -61,18 +72,28 @@ def evaluate(
             f"the classifier predicts {info['num_classes']} classes but {test.name} has {test.num_classes}"
         )
     loader = evaluation_loader(test, int(info["image_size"]), recipe.evaluate.batch_size, data.num_workers)
+    deviations = dict(info.get("protocol_deviations", {}))
+    deviations |= {k: v for k, v in protocol_deviations(recipe, ()).items() if k.startswith("evaluate.")}
+    output_path = Path(output_path or recipe.run_dir / f"eval-{tag}{info['mode']}.json")
     results = {
         "method": info["encoder"].get("method"),
         "run": recipe.name,
         "mode": info["mode"],
+        "protocol": recipe.protocol,
+        "protocol_deviations": deviations,
         "selection": info["selection"],
         "dataset": test.name,
+        "test_split_images": len(test),
+        "exact_pixels": "jpeg" not in test.name.lower(),
+        "train_images": info.get("train_images"),
         "classifier": str(classifier_path),
+        "encoder": info["encoder"].get("source"),
         **evaluate_classifier(model, loader, recipe.evaluate, progress),
     }
-    output_path = Path(output_path or recipe.run_dir / f"eval-{info['mode']}.json")
-    write_record(output_path, results)
     if recipe.evaluate.tsne_samples > 0:
         features, labels = encoder_features(model, loader, recipe.evaluate.tsne_samples)
-        np.savez(output_path.with_name(f"features-{info['mode']}.npz"), features=features, labels=labels)
+        features_path = output_path.with_name(f"features-{tag}{info['mode']}.npz")
+        np.savez(features_path, features=features, labels=labels)
+        results["features"] = features_path.name
+    write_record(output_path, results)
     return results

@@ -28,14 +28,19 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from advcl_plugin.app.artifacts import RobustClassifier, load_encoder, read_checkpoint, save_classifier, write_record
-from advcl_plugin.app.config import FinetuneConfig, Recipe
+from advcl_plugin.app.config import FinetuneConfig, Recipe, protocol_deviations
 from advcl_plugin.app.data import load_split, target_image_size
 from advcl_plugin.app.lightning import trainer_kwargs
 from advcl_plugin.lightly.classifiers import AdversarialFinetuneClassifier, RobustLinearClassifier
 
-__all__ = ["finetune", "finetune_transform"]
+__all__ = ["finetune", "finetune_transform", "protocol_tag"]
 
 MODES = ("slf", "alf", "aff")
+
+
+def protocol_tag(protocol: str) -> str:
+    """The part of a run's file names that says its protocol: ``""`` for the authors', ``"robustssl-"``..."""
+    return "" if protocol == "authors" else f"{protocol}-"
 
 
 def finetune_transform(image_size: int, native_size: int) -> T.Compose:
@@ -50,14 +55,17 @@ def finetune(
     encoder_path: str | Path | None = None,
     output_dir: str | Path | None = None,
     progress: bool = True,
+    encoder_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Finetune the encoder of a run in ``mode`` ("slf", "alf", "aff"); writes ``classifier.pt``.
 
     Args:
-        recipe: the run's recipe (finetuning data and settings come from it).
+        recipe: the run's recipe (finetuning data and settings, and ``recipe.protocol``, come from it).
         mode: finetuning mode.
-        encoder_path: encoder to finetune; default ``<run dir>/encoder.pt``.
-        output_dir: default ``<run dir>/finetune-<mode>``.
+        encoder_path: encoder to finetune; default ``<run dir>/encoder.pt``.  Any format
+            :func:`~advcl_plugin.app.artifacts.load_encoder` reads (``encoder_options`` are passed to it:
+            ``arch``, ``width``, ``route``, ``source_format``, ``input_normalization``).
+        output_dir: default ``<run dir>/finetune-<mode>`` (``finetune-robustssl-<mode>`` under that protocol).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -65,11 +73,11 @@ def finetune(
     encoder_path = Path(encoder_path or recipe.run_dir / "encoder.pt")
     if not encoder_path.is_file():
         raise FileNotFoundError(f"no encoder at {encoder_path}: run `advcl pretrain` first or pass --encoder")
-    output_dir = Path(output_dir or recipe.run_dir / f"finetune-{mode}")
+    output_dir = Path(output_dir or recipe.run_dir / f"finetune-{protocol_tag(recipe.protocol)}{mode}")
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
 
-    backbone, encoder_info = load_encoder(encoder_path)
+    backbone, encoder_info = load_encoder(encoder_path, **(encoder_options or {}))
     data = recipe.finetune_data()
     train = load_split(data, "train")
     image_size = target_image_size(recipe.data)  # the size the encoder was pretrained at
@@ -97,6 +105,7 @@ def finetune(
     if mode == "aff":
         module: pl.LightningModule = AdversarialFinetuneClassifier(backbone, feature_dim, num_classes, **settings)
     else:
+        settings = {k: v for k, v in settings.items() if k not in ("loss", "trades_beta")}
         module = RobustLinearClassifier(backbone, feature_dim, num_classes, adversarial=mode == "alf", **settings)
 
     callbacks = [ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", enable_version_counter=False)]
@@ -120,6 +129,7 @@ def finetune(
     resume = last if recipe.resume == "auto" and last.is_file() else None
     started = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=str(resume) if resume else None)
+    deviations = {k: v for k, v in protocol_deviations(recipe, (mode,)).items() if k.startswith("finetune.")}
     selection = "last epoch"
     if val_loader is not None and callbacks[1].best_model_path:
         state = read_checkpoint(callbacks[1].best_model_path)["state_dict"]
@@ -136,9 +146,15 @@ def finetune(
         image_size=image_size,
         dataset=data.dataset,
         epochs=config.epochs,
+        protocol=recipe.protocol,
+        protocol_deviations=deviations,
+        finetune_settings=dataclasses.asdict(config),
+        train_images=len(train),
     )
     summary = {
         "mode": mode,
+        "protocol": recipe.protocol,
+        "protocol_deviations": deviations,
         "classifier": str(path),
         "selection": selection,
         "train_images": len(train),
