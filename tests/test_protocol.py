@@ -57,6 +57,13 @@ def test_bad_protocol_settings_are_refused(overrides, message):
         load_recipe("demo", overrides)
 
 
+def test_a_bad_protocol_argument_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"^protocol must be one of .*'leaderboard'"):
+        load_recipe("demo", protocol="leaderboard")
+    with pytest.raises(ValueError, match=r"^recipe.protocol must be one of"):
+        load_recipe("demo", ["protocol=leaderboard"])
+
+
 def test_trades_loss_is_clean_cross_entropy_plus_beta_kl():
     natural, adversarial = torch.randn(6, 4), torch.randn(6, 4)
     targets = torch.randint(0, 4, (6,))

@@ -411,11 +411,10 @@ def load_recipe(
     tree = dict(name_or_path) if isinstance(name_or_path, dict) else read_yaml(recipe_path(name_or_path))
     recipe = load_structured(Recipe, tree, overrides)
     if protocol is not None:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         recipe.protocol = protocol
     if recipe.protocol not in PROTOCOLS:
-        raise ValueError(f"recipe.protocol must be one of {PROTOCOLS}, got {recipe.protocol!r}")
+        where = "recipe.protocol" if protocol is None else "protocol"
+        raise ValueError(f"{where} must be one of {PROTOCOLS}, got {recipe.protocol!r}")
     if recipe.protocol == "robustssl":
         preset = protocol_settings("robustssl", recipe.method) | {"protocol": "robustssl"}
         recipe = load_structured(Recipe, tree, overrides, between=[preset])

@@ -249,7 +249,9 @@ class NumberedSnapshots(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         done = trainer.current_epoch + 1
         if self.every > 0 and done % self.every == 0:
-            trainer.save_checkpoint(self.directory / f"epoch-{done:04d}.ckpt")
+            # a full snapshot (optimizer, loops, RNG) that resumes exactly; saying so keeps Lightning from logging
+            # "`weights_only` was not set", which reads like unsafe loading (loading is weights-only, see above)
+            trainer.save_checkpoint(self.directory / f"epoch-{done:04d}.ckpt", weights_only=False)
 
 
 def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
