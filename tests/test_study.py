@@ -128,3 +128,15 @@ def test_study_rejects_bad_arm_order(tmp_path):
     )  # fmt: skip
     with pytest.raises(ValueError, match="an earlier arm"):
         load_study(str(tmp_path / "bad.yaml"))
+
+
+def test_study_arms_option_refuses_an_unknown_arm_before_any_work(tmp_path, monkeypatch, capsys):
+    from advcl_plugin.app.cli import main
+
+    study = {"name": "x", "base": "demo", "arms": [{"name": "a", "method": "simclr"}, {"name": "b", "method": "acl"}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["study", "-c", "s.yaml", "--arms", "a,nope"])
+    assert "unknown arm(s) ['nope']; the study has ['a', 'b']" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -160,7 +160,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_study(args: argparse.Namespace) -> None:
     from advcl_plugin.app.study import run_study
 
-    run_study(args.config, args.overrides, progress=not args.quiet)
+    arms = [arm.strip() for arm in args.arms.split(",") if arm.strip()] if args.arms else None
+    run_study(args.config, args.overrides, progress=not args.quiet, arms=arms)
 
 
 def cmd_selfcheck(args: argparse.Namespace) -> None:
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("study", help="every arm of a reduced-budget reproduction, then the paper's orderings")
     _recipe_arguments(p, default="study/cpu")
+    p.add_argument("--arms", default=None, help="comma-separated arms to run or continue (default: all)")
     p.set_defaults(handler=cmd_study)
 
     p = commands.add_parser("bench", help="time the AdvCL step: optimised vs naive, fp32 vs bf16, vs SimCLR")
