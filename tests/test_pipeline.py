@@ -223,6 +223,20 @@ def test_robustness_checks_name_the_violation(tmp_path):
     assert "WARNING" in report["markdown"] and len(report["checks"]) == 3
 
 
+def test_report_tells_the_seeds_of_one_method_apart(tmp_path):
+    base = {"mode": "slf", "sa": 0.3, "aa_samples": 0, "samples": 100, "selection": "last epoch", "pgd_steps": 20,
+            "eps": 8 / 255}  # fmt: skip
+    files = []
+    for name, seed, ra in (("acl", 0, 0.19), ("acl", 1, 0.17), ("advcl", 0, 0.15)):
+        path = tmp_path / f"{name}-{seed}.json"
+        path.write_text(json.dumps(base | {"method": name, "seed": seed, "ra": ra}))
+        files.append(path)
+    markdown = build_report(files, tmp_path / "out")["markdown"]
+    assert "| acl seed 0 | authors | — / 30.00 (19.00) |" in markdown
+    assert "| acl seed 1 | authors | — / 30.00 (17.00) |" in markdown
+    assert "| advcl | authors | — / 30.00 (15.00) |" in markdown  # one seed: the method's name alone
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_killed_run_resumes_to_the_same_weights(tmp_path, data_dir, workers):
     """SIGKILL mid-run, resume: bit for bit the uninterrupted run's weights, with any number of workers

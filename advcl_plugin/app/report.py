@@ -59,6 +59,11 @@ def wilson_interval95(p: float, n: int) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def _label(result: dict[str, Any]) -> str:
+    """The row name of a result: its method, with its seed when several seeds of it are reported."""
+    return str(result.get("label", result["method"]))
+
+
 def _percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
@@ -81,7 +86,7 @@ def _leaderboard(results: list[dict[str, Any]]) -> list[str]:
     leaderboard's layout), RA in brackets."""
     rows: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in results:
-        rows.setdefault((str(r["method"]), _protocol_name(r)), {})[r["mode"]] = r
+        rows.setdefault((_label(r), _protocol_name(r)), {})[r["mode"]] = r
     modes = [m for m in ("slf", "alf", "aff") if any(m in by_mode for by_mode in rows.values())]
     lines = [
         "| method | protocol | " + " | ".join(f"{m.upper()} AA / SA (RA)" for m in modes) + " |",
@@ -108,7 +113,7 @@ def _markdown(results: list[dict[str, Any]], timings: dict[str, Any] | None, pro
         aa = _with_interval(r.get("aa"), r.get("aa_samples"))
         exact = {True: "yes", False: "no (JPEG)"}.get(r.get("exact_pixels"), "—")  # type: ignore[arg-type]
         lines.append(
-            f"| {r['method']} | {_protocol_name(r)} | {r['mode'].upper()} | {_with_interval(r['sa'], r['samples'])} | "
+            f"| {_label(r)} | {_protocol_name(r)} | {r['mode'].upper()} | {_with_interval(r['sa'], r['samples'])} | "
             f"{_with_interval(r['ra'], r['samples'])} | {aa} | {r['samples']} / {r.get('aa_samples', 0)} "
             f"of {r.get('test_split_images', '?')} | {exact} | {r['selection']} |"
         )
@@ -126,7 +131,7 @@ def _markdown(results: list[dict[str, Any]], timings: dict[str, Any] | None, pro
         lines += ["", "\\* the run changes settings its protocol fixes (protocol's value -> value used):"]
         for r in deviating:
             changes = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in r["protocol_deviations"].items())
-            lines.append(f"- {r['method']} {r['mode'].upper()} ({r.get('protocol', 'authors')}): {changes}")
+            lines.append(f"- {_label(r)} {r['mode'].upper()} ({r.get('protocol', 'authors')}): {changes}")
     if timings:
         lines += ["", "| stage | seconds |", "| --- | --- |"]
         lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]
@@ -152,7 +157,7 @@ def _plot_sweeps(results: list[dict[str, Any]], output_dir: Path) -> list[Path]:
         figure, axis = plt.subplots(figsize=(4.5, 3.5))
         for r, points in curves:
             xs = [float(k.split("/")[0]) for k in points]
-            axis.plot(xs, [100 * v for v in points.values()], marker="o", label=f"{r['method']} ({r['mode'].upper()})")
+            axis.plot(xs, [100 * v for v in points.values()], marker="o", label=f"{_label(r)} ({r['mode'].upper()})")
         axis.set_xlabel(xlabel)
         axis.set_ylabel(f"RA (%), {curves[0][0].get('sweep_samples')} test images")
         axis.grid(alpha=0.3)
@@ -211,13 +216,19 @@ def build_report(
         results.append(json.loads(path.read_text()) | {"file": str(path)})
     if not results:
         raise ValueError("no evaluation results to report")
+    seeds: dict[tuple, set] = {}
+    for r in results:
+        seeds.setdefault((r["method"], r["mode"], _protocol_name(r)), set()).add(r.get("seed"))
+    for r in results:  # the runs of a multi-seed study are told apart by their seed
+        if len(seeds[(r["method"], r["mode"], _protocol_name(r))]) > 1:
+            r["label"] = f"{r['method']} seed {r.get('seed')}"
     problems = [problem for r in results for problem in robustness_checks(r)]
     for problem in problems:
         warnings.warn(problem, RobustnessCheckWarning, stacklevel=2)
     plots = [str(p) for p in _plot_sweeps(results, output_dir)]
     features = [
         (
-            f"{r['method']} ({r['mode'].upper()})",
+            f"{_label(r)} ({r['mode'].upper()})",
             Path(r["file"]).with_name(r.get("features", f"features-{r['mode']}.npz")),
         )
         for r in results
