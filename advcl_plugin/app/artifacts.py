@@ -16,16 +16,14 @@ fallback, so a file handed in by a user cannot run code.  Models are rebuilt thr
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from advcl_plugin._io import atomic_torch_save, atomic_write_json, check_weights, read_weights
 from advcl_plugin.core.objective import AdvCLObjective
 from advcl_plugin.core.pixels import INPUT_NORMALIZATIONS, NormalizedEncoder
 from advcl_plugin.core.resnet import build_backbone
@@ -74,41 +72,19 @@ class RobustClassifier(nn.Module):
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """Read a checkpoint or state dict as data (``weights_only=True``, no fallback), on the CPU.
 
-    A missing, empty, truncated or pickle-bearing file gets one clear error naming it.
+    A missing, empty, truncated or pickle-bearing file gets one clear error naming it
+    (:func:`advcl_plugin._io.read_weights`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty (0 bytes): it was not written completely")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} holds Python objects that are not plain tensors and numbers, which advcl-plugin refuses to "
-            f"load (a checkpoint can run code when unpickled): {str(error).splitlines()[0]}"
-        ) from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError) as error:
-        raise ValueError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {error}") from None
+    return read_weights(path)
 
 
 def write_record(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     """Write a JSON run record atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(json.dumps(data, indent=2))
-    os.replace(temporary, path)
-    return path
+    return atomic_write_json(path, data)
 
 
 def _save(payload: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def save_encoder(backbone: nn.Module, path: str | os.PathLike, info: dict[str, Any], plain: bool = False) -> Path:
@@ -183,6 +159,7 @@ def _strict_load(backbone: nn.Module, state: dict[str, Tensor], path: Path, what
         if shapes:
             problems.append(f"shape mismatch (file vs {what}) {_key_list(shapes)}")
         raise ValueError(f"{path} does not fit {what}: " + "; ".join(problems))
+    check_weights(state, path)
     backbone.load_state_dict(state, strict=True)
 
 
@@ -226,10 +203,16 @@ def _solo_state_dict(state: dict[str, Tensor], route: str | None) -> dict[str, T
     return {k: v for k, v in backbone.items() if ".aux_routes." not in k}
 
 
-def _guess_source(payload: Any) -> str:
-    if isinstance(payload, dict) and payload.get("format") in (ENCODER_FORMAT, CLASSIFIER_FORMAT):
+def _describe_payload(payload: Any) -> str:
+    if isinstance(payload, Tensor):
+        return f"a bare tensor of shape {tuple(payload.shape)}"
+    return f"a {type(payload).__name__}"
+
+
+def _guess_source(payload: dict[str, Any]) -> str:
+    if payload.get("format") in (ENCODER_FORMAT, CLASSIFIER_FORMAT):
         return "advcl"
-    if isinstance(payload, dict) and "recipe" in payload.get("hyper_parameters", {}):
+    if isinstance(payload.get("hyper_parameters"), dict) and "recipe" in payload["hyper_parameters"]:
         return "advcl"
     state = _state_of(payload)
     if any(".bn_list." in k or "downsample.conv." in k for k in state):
@@ -315,6 +298,11 @@ def load_encoder(
         raise ValueError(f"source_format must be one of {ENCODER_SOURCES}, got {source_format!r}")
     path = Path(path)
     payload = read_checkpoint(path)
+    if not isinstance(payload, dict):
+        raise ValueError(
+            f"{path} holds {_describe_payload(payload)}, not a state dict or checkpoint (a mapping of parameter "
+            "names to tensors); save the model's state_dict() instead"
+        )
     source = _guess_source(payload) if source_format == "auto" else source_format
     if source != "advcl":
         backbone, info = _external_encoder(payload, source, arch, width, route, path)
@@ -322,25 +310,27 @@ def load_encoder(
         return backbone, info | {"source": str(path)}
     if input_normalization != "none":
         raise ValueError("encoders of this package take pixels in [0, 1]: input_normalization applies to other tools'")
-    if isinstance(payload, dict) and payload.get("format") == ENCODER_FORMAT:
+    if payload.get("format") == ENCODER_FORMAT:
         if route is not None and route != payload["route"]:
             raise ValueError(
                 f"{path} holds the {payload['route']!r} BN route; export the {route!r} route from the "
                 "pretraining checkpoint with `advcl export --route`"
             )
         backbone = build_backbone(payload["arch"], payload["width"])
+        check_weights(payload["state_dict"], path)
         backbone.load_state_dict(payload["state_dict"])
         info = {k: v for k, v in payload.items() if k != "state_dict"}
         return backbone, info | {"source": str(path)}
     if isinstance(payload, dict) and payload.get("format") == CLASSIFIER_FORMAT:
         raise ValueError(f"{path} is a finetuned classifier, not an encoder; use load_classifier()")
-    if isinstance(payload, dict) and "recipe" in payload.get("hyper_parameters", {}):
+    if isinstance(payload.get("hyper_parameters"), dict) and "recipe" in payload["hyper_parameters"]:
         model = payload["hyper_parameters"]["recipe"].get("model", {})
         if arch is not None and (arch, width) != (model.get("arch"), model.get("width")):
             raise ValueError(
                 f"{path} holds a {model.get('arch')} of width {model.get('width')}, "
                 f"not the requested {arch} of width {width}"
             )
+        check_weights(payload.get("state_dict", {}), path)
         backbone, info = encoder_from_checkpoint(payload, route)
         return backbone, info | {"source": str(path)}
     raise ValueError(f"{path} is not an advcl encoder or pretraining checkpoint (name its --source-format?)")
@@ -373,5 +363,6 @@ def load_classifier(path: str | os.PathLike) -> tuple[RobustClassifier, dict[str
         build_backbone(encoder["arch"], encoder["width"]), {}, encoder.get("input_normalization", "none")
     )
     classifier = RobustClassifier(backbone, encoder["feature_dim"], payload["num_classes"])
+    check_weights(payload["state_dict"], path)
     classifier.load_state_dict(payload["state_dict"])
     return classifier, {k: v for k, v in payload.items() if k != "state_dict"}

@@ -153,14 +153,20 @@ def cmd_bench(args: argparse.Namespace) -> None:
     table = format_table(result)
     print(table)
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-        Path(args.out).with_suffix(".md").write_text(table + "\n")
+        from advcl_plugin._io import atomic_write_json, atomic_write_text
+
+        atomic_write_json(args.out, result)
+        atomic_write_text(Path(args.out).with_suffix(".md"), table + "\n")
 
 
 def cmd_study(args: argparse.Namespace) -> None:
     from advcl_plugin.app.study import run_study
 
-    arms = [arm.strip() for arm in args.arms.split(",") if arm.strip()] if args.arms else None
+    arms = None
+    if args.arms is not None:
+        arms = [arm.strip() for arm in args.arms.split(",") if arm.strip()]
+        if not arms:
+            raise ValueError(f"--arms {args.arms!r} names no arm: give comma-separated arm names, or leave it out")
     run_study(args.config, args.overrides, progress=not args.quiet, arms=arms)
 
 
@@ -309,8 +315,26 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.handler(args)
     except (FileNotFoundError, ValueError, FloatingPointError) as error:
-        print(f"advcl {args.command}: error: {error}", file=sys.stderr)
+        print(f"advcl {args.command}: error: {error_message(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as error:
+        from advcl_plugin._io import disk_full_message, is_disk_full
+
+        if not is_disk_full(error):
+            raise
+        message = str(error) if type(error).__name__ == "DiskFullError" else disk_full_message(error.filename)
+        print(f"advcl {args.command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def error_message(error: BaseException) -> str:
+    """The message of an error for the terminal: one the data loader re-raised from a worker process carries
+    the worker's traceback, of which only the last line (the original message) is kept."""
+    text = str(error)
+    if "Original Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        text = lines[-1].partition(": ")[2] or lines[-1]
+    return text
 
 
 if __name__ == "__main__":

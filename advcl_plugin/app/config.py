@@ -30,6 +30,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from advcl_plugin.app.rundir import check_run_name
 from advcl_plugin.core.config import (
     PAPER_EVALUATION,
     PAPER_FINETUNE,
@@ -234,14 +235,75 @@ def _fractions(node: Any) -> Any:
     return node
 
 
+#: recipes are small: a file larger than this, or one whose aliases expand to more YAML nodes, is refused
+MAX_RECIPE_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+
+
+def _check_yaml_size(text: str, where: str) -> None:
+    """Refuse YAML whose aliases expand beyond :data:`MAX_YAML_NODES` nodes (an "alias bomb": a few hundred
+    bytes that expand to millions of nodes and exhaust memory or crash the parser), before it is loaded."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
+        raise ValueError(f"{where} is larger than {MAX_RECIPE_BYTES // 1024} KiB; recipes are small YAML files")
+    if "*" not in text:  # no alias: the nodes are the text's own
+        return
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return  # a syntax error: the loader names it
+    except RecursionError:
+        raise ValueError(f"{where} is nested too deeply to be a recipe") from None
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def expanded(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ValueError(f"{where} holds a recursive YAML alias (a value that contains itself)")
+        open_nodes.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [item for pair in node.value for item in pair]
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += expanded(child)
+            if total > MAX_YAML_NODES:
+                raise ValueError(
+                    f"{where}: its YAML aliases expand to more than {MAX_YAML_NODES:,} values (an alias bomb?); "
+                    "recipes are small, write the values out"
+                )
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    if root is not None:
+        try:
+            expanded(root)
+        except RecursionError:
+            raise ValueError(f"{where} is nested too deeply to be a recipe") from None
+
+
 def _dotlist(overrides: list[str], where: str) -> dict[str, Any]:
+    import yaml
+
     for assignment in overrides:
         if "=" not in assignment:
             raise ValueError(f"override {assignment!r} must look like key.sub=value")
+        _check_yaml_size(assignment.partition("=")[2], f"the override {assignment[:80]!r}")
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
-    except OmegaConfBaseException as error:
-        raise ValueError(f"{where}: cannot read the overrides {overrides}: {str(error).splitlines()[0]}") from None
+    except (OmegaConfBaseException, yaml.YAMLError) as error:
+        message = str(error).splitlines()[0]
+        if isinstance(error, yaml.constructor.ConstructorError):
+            message = "a value with a YAML tag (!!python/... and the like) is refused: values are plain data"
+        raise ValueError(f"{where}: cannot read the overrides {overrides}: {message}") from None
 
 
 def load_structured(
@@ -280,10 +342,22 @@ def load_structured(
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """A recipe or study file as a plain tree (refused with one message if it is not small, valid YAML)."""
+    import io
+
     try:
-        tree = OmegaConf.to_container(OmegaConf.load(path))
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise ValueError(f"{path} is larger than {MAX_RECIPE_BYTES // 1024} KiB; recipes are small YAML files")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a text (UTF-8) YAML file: {error}") from None
+    _check_yaml_size(text, str(path))
+    try:
+        tree = OmegaConf.to_container(OmegaConf.load(io.StringIO(text)))
     except OmegaConfBaseException as error:
         raise ValueError(f"{path} is not a valid YAML mapping: {str(error).splitlines()[0]}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be a recipe") from None
     except Exception as error:  # a YAML syntax error
         raise ValueError(f"{path} is not a valid YAML file: {error}") from None
     if tree is None:
@@ -411,6 +485,11 @@ def load_recipe(
     tree = dict(name_or_path) if isinstance(name_or_path, dict) else read_yaml(recipe_path(name_or_path))
     recipe = load_structured(Recipe, tree, overrides)
     if protocol is not None:
+        overridden = [o.partition("=")[2].strip() for o in overrides or [] if o.partition("=")[0].strip() == "protocol"]
+        if overridden and overridden[-1] != protocol:
+            raise ValueError(
+                f"--protocol {protocol} and the override protocol={overridden[-1]} contradict each other; give one"
+            )
         recipe.protocol = protocol
     if recipe.protocol not in PROTOCOLS:
         where = "recipe.protocol" if protocol is None else "protocol"
@@ -427,8 +506,62 @@ def _positive(where: str, value: float | int | None, allow_zero: bool = False) -
         raise ValueError(f"recipe.{where} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def _in_unit_interval(where: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ValueError(f"recipe.{where} must lie in [0, 1] (pixel units), got {value}")
+
+
+def _validate_finetune(mode: str, section: FinetuneConfig) -> None:
+    where = f"finetune.{mode}"
+    _positive(f"{where}.lr", section.lr)
+    _positive(f"{where}.epochs", section.epochs)
+    _positive(f"{where}.batch_size", section.batch_size)
+    _positive(f"{where}.momentum", section.momentum, allow_zero=True)
+    _positive(f"{where}.weight_decay", section.weight_decay, allow_zero=True)
+    _positive(f"{where}.gamma", section.gamma)
+    _positive(f"{where}.attack_steps", section.attack_steps, allow_zero=True)
+    _positive(f"{where}.val_attack_steps", section.val_attack_steps, allow_zero=True)
+    _in_unit_interval(f"{where}.attack_eps", section.attack_eps)
+    _in_unit_interval(f"{where}.attack_step_size", section.attack_step_size)
+    if any(m < 0 for m in section.milestones):
+        raise ValueError(f"recipe.{where}.milestones must be epochs >= 0, got {section.milestones}")
+    if section.loss not in ("ce", "trades"):
+        raise ValueError(f"recipe.{where}.loss must be 'ce' or 'trades', got {section.loss!r}")
+    if section.loss == "trades" and mode != "aff":
+        raise ValueError(f"recipe.{where}.loss: TRADES trains the whole network, so only aff takes it")
+    if section.trades_beta < 0:
+        raise ValueError(
+            f"recipe.{where}.trades_beta must be >= 0 (the weight of the robustness term; a negative one rewards "
+            f"the divergence it should penalise), got {section.trades_beta}"
+        )
+    if not 0 <= section.val_fraction < 1:
+        raise ValueError(f"recipe.{where}.val_fraction must lie in [0, 1), got {section.val_fraction}")
+
+
+#: AutoAttack's versions (pyautoattack)
+AA_VERSIONS = ("standard", "plus", "rand")
+
+
+def _validate_evaluation(evaluation: EvalConfig) -> None:
+    _in_unit_interval("evaluate.eps", evaluation.eps)
+    _in_unit_interval("evaluate.step_size", evaluation.step_size)
+    _positive("evaluate.pgd_steps", evaluation.pgd_steps, allow_zero=True)
+    _positive("evaluate.samples", evaluation.samples)
+    _positive("evaluate.aa_samples", evaluation.aa_samples, allow_zero=True)
+    _positive("evaluate.sweep_samples", evaluation.sweep_samples)
+    _positive("evaluate.tsne_samples", evaluation.tsne_samples, allow_zero=True)
+    _positive("evaluate.batch_size", evaluation.batch_size)
+    if evaluation.aa_version not in AA_VERSIONS:
+        raise ValueError(f"recipe.evaluate.aa_version must be one of {AA_VERSIONS}, got {evaluation.aa_version!r}")
+    for eps in evaluation.eps_sweep:
+        _in_unit_interval("evaluate.eps_sweep", eps)
+    for steps in evaluation.steps_sweep:
+        _positive("evaluate.steps_sweep", steps, allow_zero=True)
+
+
 def _validate(recipe: Recipe) -> None:
     """Every check that does not need data: ranges, choices, and the objective's config."""
+    check_run_name(recipe.name, "recipe.name")
     config = recipe.objective_config()
     if config.frequency_views:
         from advcl_plugin.core.frequency import check_radius
@@ -459,19 +592,13 @@ def _validate(recipe: Recipe) -> None:
     _positive("optim.warmup_from", optim.warmup_from, allow_zero=True)
     _positive("optim.min_lr_ratio", optim.min_lr_ratio, allow_zero=True)
     for mode in ("slf", "alf", "aff"):
-        section: FinetuneConfig = getattr(recipe.finetune, mode)
-        _positive(f"finetune.{mode}.lr", section.lr)
-        _positive(f"finetune.{mode}.epochs", section.epochs)
-        _positive(f"finetune.{mode}.batch_size", section.batch_size)
-        if section.loss not in ("ce", "trades"):
-            raise ValueError(f"recipe.finetune.{mode}.loss must be 'ce' or 'trades', got {section.loss!r}")
-        if section.loss == "trades" and mode != "aff":
-            raise ValueError(f"recipe.finetune.{mode}.loss: TRADES trains the whole network, so only aff takes it")
-        if not 0 <= section.val_fraction < 1:
-            raise ValueError(f"recipe.finetune.{mode}.val_fraction must lie in [0, 1), got {section.val_fraction}")
-    if not 0 <= recipe.evaluate.eps <= 1:
-        raise ValueError(f"recipe.evaluate.eps must lie in [0, 1] (pixel units), got {recipe.evaluate.eps}")
-    if recipe.data.limit is not None:
-        _positive("data.limit", recipe.data.limit)
+        _validate_finetune(mode, getattr(recipe.finetune, mode))
+    _validate_evaluation(recipe.evaluate)
+    sections = {"data": recipe.data, "finetune.data": recipe.finetune.data, "evaluate.data": recipe.evaluate.data}
+    for where, data in sections.items():
+        if data is not None:
+            _positive(f"{where}.limit", data.limit)
+            _positive(f"{where}.num_workers", data.num_workers, allow_zero=True)
+            _positive(f"{where}.image_size", data.image_size)
     if recipe.resume not in (None, "auto", "never") and not Path(recipe.resume).is_file():
         raise ValueError(f"recipe.resume must be 'auto', 'never' or an existing checkpoint, got {recipe.resume!r}")

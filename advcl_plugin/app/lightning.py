@@ -20,6 +20,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.plugins.layer_sync import LayerSync
 
+from advcl_plugin._io import atomic_torch_save
 from advcl_plugin.app.config import Recipe, load_recipe
 from advcl_plugin.app.data import target_image_size
 from advcl_plugin.app.schedule import lr_at, scaled_lr_factor
@@ -45,11 +46,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     never leaves a truncated ``last.ckpt`` behind; reads checkpoints as data (``weights_only``)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".partial")
-        super().save_checkpoint(checkpoint, temporary, storage_options)
-        os.replace(temporary, path)
+        atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         from advcl_plugin.app.artifacts import read_checkpoint

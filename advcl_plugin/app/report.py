@@ -8,7 +8,6 @@ since it is a sign of gradient masking.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from advcl_plugin._io import atomic_write, atomic_write_json, atomic_write_text, read_json
 
 __all__ = ["build_report", "robustness_checks", "wilson_interval95"]
 
@@ -163,8 +164,7 @@ def _plot_sweeps(results: list[dict[str, Any]], output_dir: Path) -> list[Path]:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
         figure.tight_layout()
-        path = output_dir / filename
-        figure.savefig(path, dpi=120)
+        path = atomic_write(output_dir / filename, lambda handle, f=figure: f.savefig(handle, dpi=120, format="png"))
         plt.close(figure)
         paths.append(path)
     return paths
@@ -191,8 +191,7 @@ def _plot_tsne(feature_files: Sequence[tuple[str, Path]], output_dir: Path, seed
         axis.set_xticks([])
         axis.set_yticks([])
     figure.tight_layout()
-    path = output_dir / "tsne.png"
-    figure.savefig(path, dpi=120)
+    path = atomic_write(output_dir / "tsne.png", lambda handle: figure.savefig(handle, dpi=120, format="png"))
     plt.close(figure)
     return path
 
@@ -213,7 +212,7 @@ def build_report(
         path = Path(file)
         if not path.is_file():
             raise FileNotFoundError(f"evaluation file {path} does not exist: run `advcl evaluate` first")
-        results.append(json.loads(path.read_text()) | {"file": str(path)})
+        results.append(read_json(path, remedy="run `advcl evaluate` again to rewrite it") | {"file": str(path)})
     if not results:
         raise ValueError("no evaluation results to report")
     seeds: dict[tuple, set] = {}
@@ -237,7 +236,7 @@ def build_report(
     if tsne is not None:
         plots.append(str(tsne))
     markdown = _markdown(results, timings, problems) + (f"\n{extra_markdown}\n" if extra_markdown else "")
-    (output_dir / "report.md").write_text(markdown)
+    atomic_write_text(output_dir / "report.md", markdown)
     report = {"results": results, "checks": problems, "plots": plots, "timings": timings or {}, **(extra or {})}
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_json(output_dir / "report.json", report)
     return report | {"markdown": markdown, "directory": str(output_dir)}

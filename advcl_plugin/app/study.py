@@ -12,17 +12,19 @@ is the study ``study/demo`` (simclr, acl and advcl on a 2-core CPU budget).
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from advcl_plugin._io import atomic_write_json, read_json
 from advcl_plugin.app.config import Recipe, load_recipe, load_structured, read_yaml, recipe_path
 from advcl_plugin.app.report import build_report
+from advcl_plugin.app.rundir import check_run_name, protocol_tag, run_directory_lock
 from advcl_plugin.app.stages.evaluate import evaluate
-from advcl_plugin.app.stages.finetune import finetune, protocol_tag
+from advcl_plugin.app.stages.finetune import finetune
 from advcl_plugin.app.stages.pretrain import pretrain
 from advcl_plugin.app.stages.pseudo_labels import make_pseudo_labels
 
@@ -73,6 +75,9 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 
 def load_study(name_or_path: str) -> StudyConfig:
     study = load_structured(StudyConfig, read_yaml(recipe_path(name_or_path)), where="study")
+    check_run_name(study.name, "study.name")
+    for arm in study.arms:
+        check_run_name(arm.name, "study arm name")
     names = [arm.name for arm in study.arms]
     if len(set(names)) != len(names):
         raise ValueError(f"arm names must be unique, got {names}")
@@ -165,14 +170,25 @@ def _mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+#: what to do with a damaged record of a study (each is made again by the stage that writes it)
+_REMEDY = {
+    "study_timings.json": "delete it and run the study again (only the stage times of earlier sessions are lost)",
+    "pretrain.json": "delete it and run the study again: pretraining resumes from checkpoints/last.ckpt",
+    "eval": "delete it and run the study again to evaluate that classifier again",
+}
+
+
+def _read_record(path: Path) -> Any:
+    return read_json(path, remedy=_REMEDY.get(path.name, _REMEDY["eval"]))
+
+
 def _record_timing(timings: dict[str, float], run_dir: Path, stage: str, seconds: float) -> None:
     """Keep a stage's wall time in memory and in the run directory, so a continued study reports it."""
     timings[stage] = seconds
     path = run_dir / "study_timings.json"
-    saved = json.loads(path.read_text()) if path.is_file() else {}
+    saved = _read_record(path) if path.is_file() else {}
     saved[stage] = seconds
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(saved, indent=2))
+    atomic_write_json(path, saved)
 
 
 def _run_name(study: StudyConfig, arm: str, seed: int) -> str:
@@ -189,14 +205,24 @@ def _timed(timings: dict[str, float], run_dir: Path, stage: str, work: Any) -> A
     return result
 
 
+def _arm_overrides(study: StudyConfig, arm: StudyArm, seed: int, overrides: list[str]) -> list[str]:
+    """The overrides that make the study's base recipe into an arm's recipe for one seed."""
+    return [
+        *study.overrides,
+        *overrides,
+        *arm.overrides,
+        f"method={arm.method}",
+        f"name={_run_name(study, arm.name, seed)}",
+        f"seed={seed}",
+        f"finetune.modes=[{','.join(arm.modes)}]",
+    ]
+
+
 def _arm_recipe(study: StudyConfig, arm: StudyArm, seed: int, overrides: list[str], progress: bool,
                 timings: dict[str, float]) -> Recipe:  # fmt: skip
     """The arm's recipe; with ``pseudo_labels_from``, ClusterFit labels from that arm's encoder first."""
     run_name = _run_name(study, arm.name, seed)
-    arm_overrides = [
-        *study.overrides, *overrides, *arm.overrides, f"method={arm.method}", f"name={run_name}", f"seed={seed}",
-        f"finetune.modes=[{','.join(arm.modes)}]",
-    ]  # fmt: skip
+    arm_overrides = _arm_overrides(study, arm, seed, overrides)
     recipe = load_recipe(study.base, arm_overrides)
     if not arm.pseudo_labels_from:
         return recipe
@@ -214,7 +240,7 @@ def _arm_recipe(study: StudyConfig, arm: StudyArm, seed: int, overrides: list[st
 
 def _pretrained(recipe: Recipe, progress: bool, timings: dict[str, float]) -> None:
     summary_path = recipe.run_dir / "pretrain.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = _read_record(summary_path) if summary_path.is_file() else {}
     if "encoder" in summary and (recipe.run_dir / "encoder.pt").is_file():
         return
     summary = _timed(timings, recipe.run_dir, f"{recipe.name} pretrain ({recipe.method})",
@@ -258,24 +284,28 @@ def run_study(
     output_dir = Path(".")
     for seed in study.seeds:
         for arm in study.arms:
-            recipe = _arm_recipe(study, arm, seed, overrides or [], progress, timings)
-            output_dir = Path(recipe.output_dir)
-            timings_file = recipe.run_dir / "study_timings.json"
-            if timings_file.is_file():  # stages finished in an earlier session of the study
-                timings.update(json.loads(timings_file.read_text()))
-            _pretrained(recipe, progress, timings)
-            for mode in arm.modes:
-                with_autoattack = arm.autoattack is True or (
-                    isinstance(arm.autoattack, list) and mode in arm.autoattack
-                )
-                evaluation = _finetuned_and_evaluated(
-                    recipe, mode, study.aa_samples if with_autoattack else 0, progress, timings
-                )
-                result = json.loads(evaluation.read_text())
-                result["method"], result["seed"] = arm.name, seed
-                evaluation.write_text(json.dumps(result, indent=2))
-                eval_files.append(evaluation)
-                per_arm.setdefault(arm.name, {}).setdefault(mode, []).append(result)
+            with contextlib.ExitStack() as held:
+                run_dir = load_recipe(study.base, _arm_overrides(study, arm, seed, overrides or [])).run_dir
+                held.enter_context(run_directory_lock(run_dir))  # the arm's folder is this study's until it ends
+                recipe = _arm_recipe(study, arm, seed, overrides or [], progress, timings)
+                output_dir = Path(recipe.output_dir)
+                timings_file = recipe.run_dir / "study_timings.json"
+                if timings_file.is_file():  # stages finished in an earlier session of the study
+                    timings.update(_read_record(timings_file))
+                _pretrained(recipe, progress, timings)
+                for mode in arm.modes:
+                    with_autoattack = arm.autoattack is True or (
+                        isinstance(arm.autoattack, list) and mode in arm.autoattack
+                    )
+                    evaluation = _finetuned_and_evaluated(
+                        recipe, mode, study.aa_samples if with_autoattack else 0, progress, timings
+                    )
+                    result = _read_record(evaluation)
+                    if (result.get("method"), result.get("seed")) != (arm.name, seed):
+                        result["method"], result["seed"] = arm.name, seed
+                        atomic_write_json(evaluation, result)
+                    eval_files.append(evaluation)
+                    per_arm.setdefault(arm.name, {}).setdefault(mode, []).append(result)
     results = {arm: {mode: _mean_over_seeds(runs) for mode, runs in modes.items()} for arm, modes in per_arm.items()}
     rows = verdicts(results, per_arm)
     lines = [f"Budget: {study.budget}", f"Hardware: {study.hardware}"]

@@ -141,6 +141,7 @@ class AdversarialView(nn.Module):
     def perturb_pixels(self, pixels: Tensor, *references: Any, generator: torch.Generator | None = None) -> Tensor:
         """``pixels + delta`` in [0, 1] maximising ``loss_fn(embed(normalised(pixels + delta)), *references)``."""
         frozen = _detach(references)
+        self._check_batch(pixels)
         check_pixel_range(
             pixels,
             name="the adversarial view's start" + ("" if self.mean is None else " (un-normalised with mean/std)"),
@@ -153,8 +154,18 @@ class AdversarialView(nn.Module):
             attack_loss, pixels, self.eps, self.steps, self.step_size, self.random_start, generator=generator
         )
 
+    def _check_batch(self, x: Tensor) -> None:
+        if not x.is_floating_point():
+            raise TypeError(f"x must be float images, got {x.dtype} (convert uint8 images with x.float() / 255)")
+        if self.backbone.training and x.shape[0] < 2:
+            raise ValueError(
+                f"x holds a batch of {x.shape[0]} image(s): in training mode batch norm needs at least 2 "
+                "(put the backbone in eval mode to attack single images)"
+            )
+
     def forward(self, x: Tensor, *references: Any, generator: torch.Generator | None = None) -> Tensor:
         """``x + delta`` maximising ``loss_fn(embed(x + delta), *references)``; same space as ``x``."""
+        self._check_batch(x)
         return self.from_pixels(self.perturb_pixels(self.to_pixels(x), *references, generator=generator))
 
     def extra_repr(self) -> str:

@@ -136,6 +136,21 @@ def compute_features(
     return torch.cat(chunks).numpy()
 
 
+def _cluster_ids(k: int, values: np.ndarray | Sequence[int]) -> np.ndarray:
+    """Cluster ids of one K as int64; float arrays are taken only if they hold whole numbers (9.6 is refused,
+    never truncated to 9)."""
+    array = np.asarray(values)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
+            bad = array[~np.isfinite(array) | (array != np.round(array))][:3]
+            raise ValueError(
+                f"pseudo labels for K={k} must be whole cluster ids, got {array.dtype} values such as {bad.tolist()}"
+            )
+    elif array.dtype.kind not in "iu":
+        raise ValueError(f"pseudo labels for K={k} must be integer cluster ids, got dtype {array.dtype}")
+    return array.astype(np.int64)
+
+
 @dataclass
 class PseudoLabels:
     """Cluster pseudo labels for every sample of one dataset, with their provenance.
@@ -155,7 +170,7 @@ class PseudoLabels:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.labels = {int(k): np.asarray(v, dtype=np.int64) for k, v in self.labels.items()}
+        self.labels = {int(k): _cluster_ids(k, v) for k, v in self.labels.items()}
         for k, values in self.labels.items():
             if values.shape != (self.num_samples,):
                 raise ValueError(f"pseudo labels for K={k} have shape {values.shape}, expected ({self.num_samples},)")
@@ -201,9 +216,9 @@ class PseudoLabels:
         )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write an ``.npz`` with arrays ``k{K}`` and a JSON ``meta`` entry; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write an ``.npz`` with arrays ``k{K}`` and a JSON ``meta`` entry (atomically); returns the path."""
+        from advcl_plugin._io import atomic_savez
+
         meta = {
             "dataset": self.dataset,
             "num_samples": self.num_samples,
@@ -212,9 +227,7 @@ class PseudoLabels:
             **self.extra,
         }
         arrays = {f"k{k}": v for k, v in self.labels.items()}
-        with open(path, "wb") as handle:  # an open handle stops numpy appending ".npz"
-            np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
-        return path
+        return atomic_savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod
     def load(

@@ -61,10 +61,17 @@ def multi_view_contrastive_loss(
         raise ValueError(f"all views must have the same shape (B, d); got shapes {sorted(shapes)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    for index, view in enumerate(views):
+        if not view.is_floating_point():
+            raise TypeError(f"views[{index}] must be a float tensor of embeddings, got {view.dtype}")
     num_views = len(views)
     batch = views[0].shape[0]
 
-    local = F.normalize(torch.stack(list(views)).float(), dim=-1)  # (m, B, d)
+    stacked = torch.stack([view.float() for view in views])  # (m, B, d)
+    if not bool(torch.isfinite(stacked).all()):
+        bad = [i for i, view in enumerate(views) if not bool(torch.isfinite(view).all())]
+        raise ValueError(f"views{bad} hold NaN or infinite values: the loss would be NaN")
+    local = F.normalize(stacked, dim=-1)
     if gather_distributed and world_size() > 1:
         # (m, B, d) -> (B, m, d) so that one gather keeps each image's views together.
         everything = gather_with_grad(local.transpose(0, 1).contiguous()).transpose(0, 1)
@@ -73,6 +80,11 @@ def multi_view_contrastive_loss(
         everything = local
         offset = 0
     total = everything.shape[1]  # global batch size N
+    if total < 2:
+        raise ValueError(
+            f"the contrastive loss needs at least 2 images in the batch (the other images are its negatives), got "
+            f"{total}{' across all processes' if gather_distributed else ''}"
+        )
 
     anchors = local.reshape(num_views * batch, -1)  # (m B, d)
     contrast = everything.reshape(num_views * total, -1)  # (m N, d)

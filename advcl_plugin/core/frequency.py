@@ -94,6 +94,12 @@ def check_radius(radius: float, height: int, width: int) -> float:
 
 
 def _check_image_batch(x: Tensor) -> None:
+    if not x.is_floating_point():
+        raise TypeError(
+            f"x must be a float tensor of images (float32, float64, bfloat16 or float16), got {x.dtype}: the "
+            "high-frequency component has negative values, which an integer tensor cannot hold (convert uint8 "
+            "images with x.float() / 255)"
+        )
     if x.dim() != 4:
         raise ValueError(
             f"expected a batch of images of shape (B, C, H, W), got shape {tuple(x.shape)}; "
@@ -122,7 +128,7 @@ def high_frequency(x: Tensor, radius: float = 8) -> Tensor:
     """High-frequency component x_h of eq. (8): spectrum at distance >= radius from the centre.
 
     Args:
-        x: images, shape (B, C, H, W), any float dtype, any device.
+        x: images, shape (B, C, H, W), a float dtype (integer images are refused), any device.
         radius: threshold r of eq. (8); 8 in the paper.
 
     Returns:

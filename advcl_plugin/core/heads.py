@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from advcl_plugin.core.config import KS_ENSEMBLE
 
-__all__ = ["ProjectionHead", "PseudoLabelHeads", "pseudo_label_loss"]
+__all__ = ["ProjectionHead", "PseudoLabelHeads", "check_pseudo_labels", "head_cross_entropy", "pseudo_label_loss"]
 
 
 class ProjectionHead(nn.Sequential):
@@ -44,6 +44,28 @@ class ProjectionHead(nn.Sequential):
         )
 
 
+def check_pseudo_labels(labels: Tensor, ks: Sequence[int], name: str = "pseudo_labels") -> None:
+    """Refuse pseudo labels the heads cannot score: a non-integer tensor (9.6 would be truncated to 9), a
+    shape other than (B, len(ks)), or a cluster id outside ``0..K-1`` (``-1`` marks a sample without label).
+
+    One host-device synchronisation for the range check.
+    """
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of cluster ids (int64), got {labels.dtype}")
+    if labels.dim() != 2 or labels.shape[1] != len(ks):
+        expected = f"(B, {len(ks)}) (one column per K in {tuple(ks)})"
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(labels.shape)}")
+    bounds = torch.as_tensor(tuple(ks), device=labels.device)
+    bad = (labels < -1) | (labels >= bounds)
+    if bool(bad.any()):
+        column = int(bad.any(0).nonzero()[0])
+        value = int(labels[:, column][bad[:, column]][0])
+        raise ValueError(
+            f"{name}[:, {column}] holds {value}, outside 0..{ks[column] - 1} for K = {ks[column]} "
+            "(-1 marks a sample without a label)"
+        )
+
+
 def pseudo_label_loss(logits: Sequence[Tensor], labels: Tensor, reduction: str = "mean") -> Tensor:
     """Ensemble pseudo-classification loss of eq. (10): mean over heads of the cross-entropy.
 
@@ -61,8 +83,13 @@ def pseudo_label_loss(logits: Sequence[Tensor], labels: Tensor, reduction: str =
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    if labels.dim() != 2 or labels.shape[1] != len(logits):
-        raise ValueError(f"labels must have shape (B, {len(logits)}) (one column per head), got {tuple(labels.shape)}")
+    check_pseudo_labels(labels, [head.shape[-1] for head in logits], "labels")
+    return head_cross_entropy(logits, labels, reduction)
+
+
+def head_cross_entropy(logits: Sequence[Tensor], labels: Tensor, reduction: str = "mean") -> Tensor:
+    """:func:`pseudo_label_loss` without its checks, for callers that checked the labels once per batch
+    (:class:`~advcl_plugin.core.objective.AdvCLObjective` calls it at every attack step)."""
     total = logits[0].new_zeros((), dtype=torch.float32)
     for index, head_logits in enumerate(logits):
         target = labels[:, index].long()

@@ -41,7 +41,7 @@ from advcl_plugin.core.attack import check_pixel_range, pgd_linf
 from advcl_plugin.core.config import PAPER, AdvCLConfig
 from advcl_plugin.core.contrastive import MultiViewNTXentLoss
 from advcl_plugin.core.frequency import check_radius, high_frequency, low_frequency
-from advcl_plugin.core.heads import ProjectionHead, PseudoLabelHeads
+from advcl_plugin.core.heads import ProjectionHead, PseudoLabelHeads, check_pseudo_labels, head_cross_entropy
 from advcl_plugin.core.routed_bn import bn_route, convert_to_multi_bn, routed_bn_layers
 
 __all__ = ["AdvCLObjective", "AdvCLOutput", "advcl_loss"]
@@ -204,17 +204,55 @@ class AdvCLObjective(nn.Module):
     ) -> tuple[list[Tensor], list[Tensor]]:
         """The clean views and the attack's starting points of a batch, after checking the pseudo
         labels' shape and that the images are pixels in [0, 1]."""
+        images = {"x_orig": x_orig, "tau1": tau1, "tau2": tau2}
+        self._check_images(images)
         if self.pseudo_label_heads is not None:
             if pseudo_labels is None:
                 raise ValueError("pseudo_labels are required (or build the objective with use_pseudo_labels=False)")
             expected = (x_orig.shape[0], len(self.pseudo_label_heads.ks))
             if tuple(pseudo_labels.shape) != expected:
                 raise ValueError(f"pseudo_labels must have shape {expected}, got {tuple(pseudo_labels.shape)}")
-        for name, tensor in (("x_orig", x_orig), ("tau1", tau1), ("tau2", tau2)):
+            check_pseudo_labels(pseudo_labels, self.pseudo_label_heads.ks)
+        for name, tensor in images.items():
             check_pixel_range(tensor, name=name)
         if self.config.frequency_views:
             check_radius(self.config.radius, *x_orig.shape[-2:])
         return self.clean_views(x_orig, tau1, tau2), self._attack_starts(x_orig, tau1, tau2)
+
+    def _check_images(self, images: dict[str, Tensor]) -> None:
+        """Refuse images this objective cannot train on, naming the argument: not float pixels, of mixed dtypes
+        or of a dtype other than the backbone's (outside autocast), of different shapes, or a batch of one
+        image in training mode (batch norm and the contrastive loss need at least two)."""
+        for name, tensor in images.items():
+            if not tensor.is_floating_point():
+                raise TypeError(
+                    f"{name} must be float pixels in [0, 1], got dtype {tensor.dtype} (convert uint8 images with "
+                    "x.float() / 255)"
+                )
+            if tensor.dim() != 4:
+                raise ValueError(f"{name} must be a batch of images (B, C, H, W), got shape {tuple(tensor.shape)}")
+        dtypes = {name: tensor.dtype for name, tensor in images.items()}
+        if len(set(dtypes.values())) > 1:
+            listed = ", ".join(f"{name} {str(dtype).removeprefix('torch.')}" for name, dtype in dtypes.items())
+            raise TypeError(f"x_orig, tau1 and tau2 must share one dtype, got {listed}")
+        shapes = {name: tuple(tensor.shape) for name, tensor in images.items()}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"x_orig, tau1 and tau2 must have the same shape, got {shapes}")
+        weights = next(self.backbone.parameters(), None)
+        dtype = next(iter(dtypes.values()))
+        device = next(iter(images.values())).device
+        if weights is not None and dtype != weights.dtype and not torch.is_autocast_enabled(device.type):
+            raise TypeError(
+                f"the images are {str(dtype).removeprefix('torch.')} but the backbone's weights are "
+                f"{str(weights.dtype).removeprefix('torch.')}: convert one to the other (images.to(...)) or train "
+                "under autocast"
+            )
+        batch = shapes["x_orig"][0]
+        if self.training and batch < 2:
+            raise ValueError(
+                f"x_orig holds a batch of {batch} image(s): training needs at least 2 (batch norm in training mode "
+                "normalises over the batch, and the contrastive loss needs negatives)"
+            )
 
     def _attack_starts(self, x_orig: Tensor, tau1: Tensor, tau2: Tensor) -> list[Tensor]:
         """Clean starting points of the attack: contrastive ones first, then x_ce."""
@@ -286,7 +324,7 @@ class AdvCLObjective(nn.Module):
         """Eq. (10) on ``x_ce`` through route ``"pgd_ce"``."""
         assert self.pseudo_label_heads is not None and pseudo_labels is not None
         features = self.features(x_ce, self.pseudo_label_route)
-        return self.pseudo_label_heads.loss(self.pseudo_label_heads(features), pseudo_labels, reduction)
+        return head_cross_entropy(self.pseudo_label_heads(features), pseudo_labels, reduction)
 
     def _losses(
         self,

@@ -68,6 +68,8 @@ def trades_kl_attack(
 def trades_loss(natural_logits: Tensor, adversarial_logits: Tensor, targets: Tensor, beta: float = 6.0) -> Tensor:
     """TRADES' objective (Zhang et al. 2019, eq. 5): cross-entropy on clean inputs plus ``beta`` times
     the batch-mean KL divergence of the adversarial prediction from the clean one (gradients reach both)."""
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0 (a negative weight rewards the divergence it should penalise), got {beta}")
     natural = F.cross_entropy(natural_logits, targets)
     divergence = F.kl_div(
         F.log_softmax(adversarial_logits, dim=1), F.softmax(natural_logits, dim=1), reduction="batchmean"

@@ -35,7 +35,9 @@ __all__ = [
     "LabeledImageDataset",
     "SplitInfo",
     "align_pseudo_labels",
+    "check_image_files",
     "dataset_image_size",
+    "image_file_problem",
     "load_dataset",
 ]
 
@@ -166,14 +168,60 @@ class ImageArrayDataset(LabeledImageDataset):
         self.images = self.images[indices]
 
 
+#: how many damaged files an error lists by name
+_LISTED = 10
+_JPEG_END, _PNG_END = b"\xff\xd9", b"IEND\xaeB`\x82"
+
+
+def image_file_problem(path: str | os.PathLike) -> str | None:
+    """Why an image file cannot be used (``None`` if it looks whole), checked cheaply: its size, its header
+    (PIL identifies the format and size without decoding) and, for JPEG and PNG, its end marker (a file cut
+    short lacks it).  Damage in the middle of a file is found only when it is decoded."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty (0 bytes)"
+        with Image.open(path) as image:
+            kind, _ = image.format, image.size
+        with open(path, "rb") as handle:
+            handle.seek(max(0, size - 1024))
+            tail = handle.read().rstrip(b"\x00")
+    except Image.DecompressionBombError as error:
+        return f"refused by PIL: {error}"
+    except (OSError, ValueError, SyntaxError) as error:
+        return f"not a readable image ({type(error).__name__}: {str(error)[:80]})"
+    if kind == "JPEG" and _JPEG_END not in tail[-1024:]:
+        return "truncated (a JPEG ends with its end-of-image marker)"
+    if kind == "PNG" and _PNG_END not in tail[-1024:]:
+        return "truncated (a PNG ends with its IEND chunk)"
+    return None
+
+
+def check_image_files(paths: list[str], where: str) -> None:
+    """Refuse a folder with damaged image files, naming them, before any work starts."""
+    problems = [(path, reason) for path in paths if (reason := image_file_problem(path)) is not None]
+    if problems:
+        listed = "; ".join(f"{path}: {reason}" for path, reason in problems[:_LISTED])
+        more = f" (and {len(problems) - _LISTED} more)" if len(problems) > _LISTED else ""
+        raise ValueError(
+            f"{len(problems)} of the {len(paths)} image files of {where} cannot be used: {listed}{more}. "
+            "Remove or replace them (nothing was trained)"
+        )
+
+
 class ImageFolderDataset(LabeledImageDataset):
-    """A torchvision ``ImageFolder`` (one sub-folder per class), images read from disk."""
+    """A torchvision ``ImageFolder`` (one sub-folder per class), images read from disk.
+
+    Every file is checked when the folder is opened (:func:`image_file_problem`: size, header, end
+    marker), so a damaged image is named before training starts, not at the batch that holds it.
+    """
 
     def __init__(self, root: str | os.PathLike, name: str, transform: Callable | None = None) -> None:
         from torchvision.datasets import ImageFolder
 
         folder = ImageFolder(str(root))
         self.samples = [path for path, _ in folder.samples]
+        check_image_files(self.samples, str(root))
         super().__init__(
             np.asarray(folder.targets),
             name=name,
@@ -183,8 +231,14 @@ class ImageFolderDataset(LabeledImageDataset):
         )
 
     def image(self, index: int) -> Image.Image:
-        with Image.open(self.samples[index]) as image:
-            return image.convert("RGB")
+        try:
+            with Image.open(self.samples[index]) as image:
+                return image.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ValueError(
+                f"image file {self.samples[index]} cannot be decoded ({type(error).__name__}: {error}); "
+                "remove or replace it and run the command again"
+            ) from None
 
     def _select(self, indices: np.ndarray) -> None:
         self.samples = [self.samples[i] for i in indices]

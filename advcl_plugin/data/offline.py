@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import io
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,20 +48,42 @@ def find_offline_data_dir(data_dir: str | os.PathLike | None = None, required: b
         return None
     if required:
         raise FileNotFoundError(
-            f"no offline data directory: pass --data-dir or set {DATA_DIR_ENV} to the folder "
-            "holding cifar10.npz / cifar10_full_jpeg.npz / cifar100.npz"
+            f"no offline data folder was given: set {DATA_DIR_ENV} to the folder holding cifar10.npz / "
+            "cifar10_full_jpeg.npz / cifar100.npz, or name it where the data is chosen (data.data_dir=<folder> in "
+            "a recipe or as an override of advcl pretrain / finetune / evaluate / study / demo, --data-dir for "
+            "advcl pseudo-labels / make-folder, data_dir= in Python)"
         )
     return None
 
 
-def _decode_jpegs(buffer: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def _decode_jpegs(buffer: np.ndarray, offsets: np.ndarray, path: Path, split: str) -> np.ndarray:
     from PIL import Image
 
+    if buffer.dtype != np.uint8 or buffer.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1:
+        raise ValueError(f"jpeg_{split} must be a 1-D uint8 buffer with 1-D offsets")
+    if offsets[0] != 0 or offsets[-1] != len(buffer) or bool((np.diff(offsets) <= 0).any()):
+        raise ValueError(f"jpeg_{split}_offsets do not cut the {len(buffer)}-byte buffer into images")
     images = np.empty((len(offsets) - 1, 32, 32, 3), dtype=np.uint8)
     for i in range(len(offsets) - 1):
         blob = buffer[offsets[i] : offsets[i + 1]].tobytes()
-        images[i] = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+        try:
+            with Image.open(io.BytesIO(blob)) as image:
+                images[i] = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"image {i} of the {split} split cannot be decoded ({error})") from None
     return images
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], split: str) -> None:
+    """The arrays of one split have the shapes and dtypes of a labelled image set."""
+    images, labels, source_index = arrays["images"], arrays["labels"], arrays["source_index"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"the {split} images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    for key, values in (("labels", labels), ("source indices", source_index)):
+        if values.ndim != 1 or len(values) != len(images):
+            raise ValueError(f"{len(images)} {split} images but {key} of shape {values.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= max(len(arrays["class_names"]), 1)):
+        raise ValueError(f"the {split} labels lie outside 0..{len(arrays['class_names']) - 1}")
 
 
 @functools.lru_cache(maxsize=8)
@@ -82,15 +106,33 @@ def load_offline_arrays(name: str, split: str, data_dir: str) -> dict[str, np.nd
     path = Path(data_dir) / OFFLINE_FILES[name][0]
     if not path.is_file():
         raise FileNotFoundError(f"offline dataset {name!r} needs {path}, which does not exist")
-    with np.load(path, allow_pickle=False) as archive:
-        if name == "cifar10-jpeg-offline":
-            images = _decode_jpegs(archive[f"jpeg_{split}"], archive[f"jpeg_{split}_offsets"])
-        else:
-            images = archive[f"x_{split}"]
-        class_key = "fine_label_names" if "fine_label_names" in archive.files else "class_names"
-        return {
-            "images": images,
-            "labels": archive[f"y_{split}"].astype(np.int64),
-            "source_index": archive[f"source_index_{split}"].astype(np.int64),
-            "class_names": archive[class_key],
-        }
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):
+                raise ValueError("it holds one array, not the archive of arrays an offline dataset is")
+            if name == "cifar10-jpeg-offline":
+                images = _decode_jpegs(archive[f"jpeg_{split}"], archive[f"jpeg_{split}_offsets"], path, split)
+            else:
+                images = archive[f"x_{split}"]
+            class_key = "fine_label_names" if "fine_label_names" in archive.files else "class_names"
+            for key in (f"y_{split}", f"source_index_{split}"):
+                if not np.issubdtype(archive[key].dtype, np.integer):
+                    raise ValueError(f"{key} must hold integers, got {archive[key].dtype}")
+            arrays = {
+                "images": images,
+                "labels": archive[f"y_{split}"].astype(np.int64),
+                "source_index": archive[f"source_index_{split}"].astype(np.int64),
+                "class_names": archive[class_key],
+            }
+        _check_arrays(arrays, split)
+    except KeyError as error:
+        raise ValueError(
+            f"offline data file {path} lacks the array {error} that {name!r} needs: it is not that dataset's "
+            "file (or an incomplete copy); copy it again"
+        ) from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        reason = "the file is empty" if isinstance(error, EOFError) else f"{type(error).__name__}: {error}"
+        raise ValueError(
+            f"offline data file {path} is damaged or not a {name!r} file ({reason}); copy it again"
+        ) from None
+    return arrays

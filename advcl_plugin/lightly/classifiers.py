@@ -46,6 +46,15 @@ class _RobustMixin:
         attack_steps: int,
         val_attack_steps: int,
     ) -> None:
+        for name, value in (("attack_eps", attack_eps), ("attack_step_size", attack_step_size)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must lie in [0, 1] (pixel units), got {value}")
+        counts = {"attack_steps": attack_steps, "val_attack_steps": val_attack_steps}
+        for name, value in {**counts, "momentum": momentum, "weight_decay": weight_decay}.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if gamma <= 0 or any(m < 0 for m in milestones):
+            raise ValueError(f"need gamma > 0 and milestones >= 0, got {gamma}, {list(milestones)}")
         self.adversarial = adversarial
         self.momentum, self.weight_decay = momentum, weight_decay
         self.milestones, self.gamma = list(milestones), gamma
@@ -157,6 +166,8 @@ class AdversarialFinetuneClassifier(_RobustMixin, FinetuneClassifier):
     ) -> None:
         if loss not in ("ce", "trades"):
             raise ValueError(f"loss must be 'ce' or 'trades', got {loss!r}")
+        if trades_beta < 0:
+            raise ValueError(f"trades_beta must be >= 0 (a negative weight rewards the divergence), got {trades_beta}")
         super().__init__(model, batch_size, lr, feature_dim, num_classes, topk=(1,))
         self._robust_settings(
             True, momentum, weight_decay, milestones, gamma, attack_eps, attack_step_size, attack_steps,

@@ -126,7 +126,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        from advcl_plugin._io import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
 
 
 def torch_tensor(values: list[float]) -> Any:
@@ -138,20 +140,24 @@ def torch_tensor(values: list[float]) -> Any:
 def solo_linear_classifier(checkpoint: str) -> tuple[Any, dict | None]:
     """The classifier of a ``main_linear.py`` checkpoint as ``Sequential(NormalizedEncoder, Flatten, Linear)``
     taking [0, 1] pixels (the normalisation statistics are set by the caller), and its config."""
-    import torch
     from solo.methods.base import BaseMethod
     from torch import nn
 
+    from advcl_plugin._io import check_weights, read_weights
     from advcl_plugin.core.pixels import NormalizedEncoder
 
     try:  # files are data: no pickle that could run code
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as error:
+        payload = read_weights(checkpoint)
+    except (OSError, ValueError) as error:
         raise ValueError(
             f"{checkpoint} cannot be read as data (weights only): {str(error).splitlines()[0]}; advcl-solo refuses "
             "checkpoints that need arbitrary unpickling"
         ) from None
-    cfg = payload.get("hyper_parameters", {}).get("cfg")
+    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
+        raise ValueError(f"{checkpoint} is not a solo-learn checkpoint (no state_dict)")
+    check_weights(payload["state_dict"], checkpoint)
+    hyper_parameters = payload.get("hyper_parameters")
+    cfg = hyper_parameters.get("cfg") if isinstance(hyper_parameters, dict) else None
     arguments = Path(checkpoint).with_name("args.json")  # solo-learn's checkpointer saves the config there
     if cfg is None and arguments.is_file():
         import json

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from advcl_plugin._io import atomic_write_text
 from advcl_plugin.core.methods import build_config
 from advcl_plugin.core.objective import AdvCLObjective
 from advcl_plugin.core.resnet import build_backbone
@@ -367,6 +368,6 @@ def run_device_check(check: DeviceCheckConfig, out_dir: str | Path, mode: str = 
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"device_check_{mode}.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / f"device_check_{mode}.md").write_text(format_markdown(result))
+    atomic_write_text(out / f"device_check_{mode}.json", json.dumps(result, indent=2, default=str))
+    atomic_write_text(out / f"device_check_{mode}.md", format_markdown(result))
     return result

@@ -12,9 +12,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from advcl_plugin._io import atomic_savez
 from advcl_plugin.app.artifacts import load_classifier, write_record
 from advcl_plugin.app.config import EvalConfig, Recipe, protocol_deviations
 from advcl_plugin.app.data import evaluation_loader, load_split
+from advcl_plugin.app.rundir import protocol_tag, run_directory_lock
 from advcl_plugin.core.robustness import evaluation_subset, robustness_metrics
 
 __all__ = ["encoder_features", "evaluate", "evaluate_classifier"]
@@ -49,8 +51,6 @@ def evaluate(
     """Evaluate ``<run dir>/finetune-<mode>/classifier.pt`` (or ``classifier_path``) on the test split of
     the recipe's evaluation data; writes ``<run dir>/eval-<mode>.json`` and test features for t-SNE
     (``finetune-robustssl-<mode>`` and ``eval-robustssl-<mode>.json`` under ``protocol: robustssl``)."""
-    from advcl_plugin.app.stages.finetune import protocol_tag
-
     tag = protocol_tag(recipe.protocol)
     classifier_path = Path(classifier_path or recipe.run_dir / f"finetune-{tag}{mode}" / "classifier.pt")
     if not classifier_path.is_file():
@@ -75,6 +75,22 @@ def evaluate(
     deviations = dict(info.get("protocol_deviations", {}))
     deviations |= {k: v for k, v in protocol_deviations(recipe, ()).items() if k.startswith("evaluate.")}
     output_path = Path(output_path or recipe.run_dir / f"eval-{tag}{info['mode']}.json")
+    with run_directory_lock(recipe.run_dir):
+        return _measure(recipe, model, info, loader, test, classifier_path, deviations, output_path, progress)
+
+
+def _measure(
+    recipe: Recipe,
+    model: nn.Module,
+    info: dict[str, Any],
+    loader: DataLoader,
+    test: Any,
+    classifier_path: Path,
+    deviations: dict[str, Any],
+    output_path: Path,
+    progress: bool,
+) -> dict[str, Any]:
+    tag = protocol_tag(recipe.protocol)
     results = {
         "method": info["encoder"].get("method"),
         "run": recipe.name,
@@ -93,7 +109,7 @@ def evaluate(
     if recipe.evaluate.tsne_samples > 0:
         features, labels = encoder_features(model, loader, recipe.evaluate.tsne_samples)
         features_path = output_path.with_name(f"features-{tag}{info['mode']}.npz")
-        np.savez(features_path, features=features, labels=labels)
+        atomic_savez(features_path, features=features, labels=labels)
         results["features"] = features_path.name
     write_record(output_path, results)
     return results

@@ -31,16 +31,12 @@ from advcl_plugin.app.artifacts import RobustClassifier, load_encoder, read_chec
 from advcl_plugin.app.config import FinetuneConfig, Recipe, protocol_deviations
 from advcl_plugin.app.data import load_split, target_image_size
 from advcl_plugin.app.lightning import trainer_kwargs
+from advcl_plugin.app.rundir import protocol_tag, run_directory_lock
 from advcl_plugin.lightly.classifiers import AdversarialFinetuneClassifier, RobustLinearClassifier
 
-__all__ = ["finetune", "finetune_transform", "protocol_tag"]
+__all__ = ["finetune", "finetune_transform"]
 
 MODES = ("slf", "alf", "aff")
-
-
-def protocol_tag(protocol: str) -> str:
-    """The part of a run's file names that says its protocol: ``""`` for the authors', ``"robustssl-"``..."""
-    return "" if protocol == "authors" else f"{protocol}-"
 
 
 def finetune_transform(image_size: int, native_size: int) -> T.Compose:
@@ -74,12 +70,26 @@ def finetune(
     if not encoder_path.is_file():
         raise FileNotFoundError(f"no encoder at {encoder_path}: run `advcl pretrain` first or pass --encoder")
     output_dir = Path(output_dir or recipe.run_dir / f"finetune-{protocol_tag(recipe.protocol)}{mode}")
-    output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
 
     backbone, encoder_info = load_encoder(encoder_path, **(encoder_options or {}))
     data = recipe.finetune_data()
     train = load_split(data, "train")
+    with run_directory_lock(recipe.run_dir):
+        return _finetune(recipe, mode, config, backbone, encoder_info, data, train, output_dir, progress)
+
+
+def _finetune(
+    recipe: Recipe,
+    mode: str,
+    config: FinetuneConfig,
+    backbone: Any,
+    encoder_info: dict[str, Any],
+    data: Any,
+    train: Any,
+    output_dir: Path,
+    progress: bool,
+) -> dict[str, Any]:
     image_size = target_image_size(recipe.data)  # the size the encoder was pretrained at
     augment = finetune_transform(image_size, train.image_size)
     plain = finetune_transform(image_size, train.image_size).transforms[:1] if image_size != train.image_size else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from advcl_plugin._io import atomic_write
 from advcl_plugin.app.config import DataConfig
 from advcl_plugin.app.data import load_split
 
@@ -22,6 +23,8 @@ def write_image_folder(data: DataConfig, output: str | Path, train: int | None, 
         for index in range(total):
             directory = output / folder / names[int(dataset.labels[index])]
             directory.mkdir(parents=True, exist_ok=True)
-            dataset.image(index).save(directory / f"{index:05d}.png")
+            image = dataset.image(index)
+            # atomic, without a disk flush per image (thousands of small files)
+            atomic_write(directory / f"{index:05d}.png", lambda handle, i=image: i.save(handle, format="PNG"), False)
         written[folder] = total
     return written

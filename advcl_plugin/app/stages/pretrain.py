@@ -21,10 +21,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from advcl_plugin._io import atomic_write_text, check_weights
 from advcl_plugin.app.artifacts import read_checkpoint, save_encoder, write_record
 from advcl_plugin.app.config import Recipe
 from advcl_plugin.app.data import EpochSeededSampler, SeededSamples, pretraining_data
 from advcl_plugin.app.lightning import AdvCLPretrainModule, NumberedSnapshots, check_same_setup, trainer_kwargs
+from advcl_plugin.app.rundir import is_global_zero_process, run_directory_lock
 from advcl_plugin.core.routed_bn import export_bn_route
 
 __all__ = ["export_encoder", "pretrain"]
@@ -59,8 +61,14 @@ def pretrain(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
 
     Everything that can be checked without training is checked before the run directory is
     touched (the recipe when it was read; here the checkpoint to resume, the data and the pseudo
-    labels). Returns a summary dict (also written to ``<run dir>/pretrain.json``).
+    labels). The run directory is held by this process while it trains (a second process is
+    refused). Returns a summary dict (also written to ``<run dir>/pretrain.json``).
     """
+    with run_directory_lock(recipe.run_dir):
+        return _pretrain(recipe, progress)
+
+
+def _pretrain(recipe: Recipe, progress: bool) -> dict[str, Any]:
     resume = _resume_path(recipe)
     next_epoch = 0
     if resume is not None:
@@ -70,11 +78,13 @@ def pretrain(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
             older = sorted(resume.parent.glob("epoch-*.ckpt"))
             hint = f"resume from an older one: resume={older[-1]}" if older else "start over with resume=never"
             raise ValueError(f"{error}; {hint}") from None
-        saved = payload.get("hyper_parameters", {}).get("recipe") if isinstance(payload, dict) else None
-        next_epoch = int(payload.get("epoch", -1)) + 1
+        hyper_parameters = payload.get("hyper_parameters") if isinstance(payload, dict) else None
+        saved = hyper_parameters.get("recipe") if isinstance(hyper_parameters, dict) else None
         if saved is None:
             raise ValueError(f"{resume} was not written by advcl pretrain (no recipe in its hyper-parameters)")
+        next_epoch = int(payload.get("epoch", -1)) + 1
         check_same_setup(saved, recipe.to_dict(), resume)
+        check_weights(payload.get("state_dict", {}), resume)
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     module = AdvCLPretrainModule(recipe.to_dict())
     dataset, labels = pretraining_data(recipe.data, recipe.pseudo_labels, module.pseudo_label_ks or None)
@@ -84,8 +94,8 @@ def pretrain(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         raise ValueError(f"the training set has {len(dataset)} images, fewer than one batch of {batch_size}")
 
     run_dir = recipe.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    if is_global_zero_process():  # the other processes of a DDP run train, rank 0 writes
+        atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     sampler = EpochSeededSampler(len(dataset), recipe.seed)
     # workers may draw the first epoch's order before Lightning sets the epoch: start where the checkpoint left off
     sampler.set_epoch(next_epoch)
