@@ -41,6 +41,7 @@ from typing import IO, Any
 
 __all__ = [
     "DISK_FULL_ERRNOS",
+    "WRITE_LOG_ENV",
     "DamagedFileError",
     "DiskFullError",
     "atomic_savez",
@@ -122,7 +123,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], dur
         raise
     if durable:
         _sync_directory(path.parent)
+    _audit(path)
     return path
+
+
+#: environment variable naming a file to which every write is appended as ``<pid> <path>`` (an audit trail:
+#: which process wrote what, e.g. to check that a DDP run writes each file once)
+WRITE_LOG_ENV = "ADVCL_WRITE_LOG"
+
+
+def _audit(path: Path) -> None:
+    log = os.environ.get(WRITE_LOG_ENV)
+    if log:
+        descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        try:
+            os.write(descriptor, f"{os.getpid()} {os.path.abspath(path)}\n".encode())
+        finally:
+            os.close(descriptor)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) -> Path:

@@ -73,11 +73,11 @@ def test_no_import_cycles():
 @pytest.mark.parametrize(
     "layer_name,allowed",
     [
-        ("core", {"core", "_optional", "_io"}),
+        ("core", {"core", "_optional", "_io", "_platform"}),
         ("data", {"core", "data", "_io"}),
-        ("lightly", {"core", "data", "lightly", "_optional", "_io"}),
-        ("solo", {"core", "data", "solo", "_optional", "_io"}),
-        ("tools", {"core", "data", "tools", "_optional", "_io"}),
+        ("lightly", {"core", "data", "lightly", "_optional", "_io", "_platform"}),
+        ("solo", {"core", "data", "solo", "_optional", "_io", "_platform"}),
+        ("tools", {"core", "data", "tools", "_optional", "_io", "_platform"}),
     ],
 )
 def test_dependencies_point_inward(layer_name, allowed):

@@ -69,11 +69,20 @@ def test_device_check_runs_end_to_end_in_dry_mode(tmp_path, data_dir):
     assert [row["config"] for row in data["step"]["rows"]] == [
         "advcl naive fp32", "advcl optimised fp32", "advcl optimised bf16+cl",
     ]  # fmt: skip
-    assert data["step"]["largest_batch"]["largest_batch"] == 16  # doubled from 8 up to the dry limit
+    assert data["complete"] and data["parts_failed"] == [] and data["data"]["train_images"] > 0
+    assert data["parts_done"] == ["step", "largest_batch", "views", "pretrain", "autoattack", "gpu_checks"]
+    assert data["largest_batch"]["largest_batch"] == 16  # doubled from 8 up to the dry limit
     assert data["views"]["images_per_s_per_worker"] > 0 and data["views"]["workers_needed"] > 0
-    assert data["views"]["device_views_images_per_s"] > 0
-    for part in ("pretrain", "pretrain_device_views"):
-        assert data[part]["steps"] >= 1 and 0 <= data[part]["data_wait_share"] <= 1
+    assert data["views"]["device_views_images_per_s"] > 0 and data["views"]["recommended_views"] in ("cpu", "device")
+    for part in ("cpu_views", "device_views"):
+        figures = data["pretrain"][part]
+        assert figures["steps"] >= 1 and 0 <= figures["data_wait_share"] <= 1 and 0 <= figures["view_share"] <= 1
+    assert data["pretrain"]["cpu_views"]["view_share"] < 1e-3  # CPU views come from the loader: no device time
     assert set(data["autoattack"]["seconds_per_attack_all_images"]) == {"apgd-ce", "apgd-t", "fab-t", "square"}
     assert data["autoattack"]["settings"].startswith("smoke")
+    checks = data["gpu_checks"]
+    assert checks["synchronisations"]["tensor_reads_per_step"] == 1
+    assert checks["contrastive_logits_under_bf16"]["dtype"] == "torch.float32"
+    moved = checks["fp16_attack_gradients"]["share_of_pixels_moved"]
+    assert moved["unscaled"] < 0.01 < 0.9 < moved["scaled"]
     assert "Device check (dry-cpu)" in (tmp_path / "device_check_dry-cpu.md").read_text()

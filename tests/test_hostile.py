@@ -180,6 +180,31 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, data_dir):
     assert not (tmp_path / "runs/x" / LOCK_NAME).exists()
 
 
+HOLD_AND_FORK = """
+import os, sys, time
+from advcl_plugin.app.rundir import run_directory_lock
+with run_directory_lock(sys.argv[1]):
+    if os.fork() == 0:  # a data-loader worker: forked while the lock is held, outlives its parent
+        time.sleep(600)
+        os._exit(0)
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_forked_worker_of_a_killed_run_does_not_keep_its_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, str(tmp_path / "x")], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        with run_directory_lock(tmp_path / "x"):  # the worker still runs; the lock went with its parent
+            pass
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+
+
 def test_other_ranks_of_a_distributed_run_neither_lock_nor_write(tmp_path, monkeypatch):
     assert is_global_zero_process()
     monkeypatch.setenv("LOCAL_RANK", "1")  # what Lightning sets for the processes it starts for DDP

@@ -435,14 +435,14 @@ def test_perturbation_is_eps_in_pixels_whatever_the_normalisation(folder, datase
     expected_mean = mean or [0.4914, 0.4822, 0.4465]
     assert np.allclose(model.pixel_mean, expected_mean, atol=1e-4)
     seen = []
-    original = objective_module.pgd_linf
+    original = objective_module.linf_ascent
 
     def spy(loss_fn, x, *args, **kwargs):
         result = original(loss_fn, x, *args, **kwargs)
         seen.append((x, result))
         return result
 
-    monkeypatch.setattr(objective_module, "pgd_linf", spy)
+    monkeypatch.setattr(objective_module, "linf_ascent", spy)
     pixels = [torch.rand(8, 3, 32, 32) for _ in range(3)]
     views = [normalize(p, model.pixel_mean, model.pixel_std) for p in pixels]
     model.log_dict = lambda *a, **k: None  # no trainer attached

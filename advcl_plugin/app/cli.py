@@ -120,7 +120,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     import torch
 
     if args.device_check:
-        from advcl_plugin.tools.device_check import DeviceCheckConfig, format_markdown, run_device_check
+        import dataclasses
+
+        from advcl_plugin.tools.device_check import PARTS, DeviceCheckConfig, format_markdown, run_device_check
 
         data_dir = args.data_dir or os.environ.get("ADVCL_DATA_DIR")
         if args.dry_run:
@@ -129,7 +131,23 @@ def cmd_bench(args: argparse.Namespace) -> None:
             if not torch.cuda.is_available() and args.device != "cpu":
                 raise ValueError("--device-check needs a GPU (or --dry-run for the CPU smoke test, or --device cpu)")
             check = DeviceCheckConfig(device=args.device or "cuda", data_dir=data_dir)
-        result = run_device_check(check, args.out_dir, mode="dry-cpu" if args.dry_run else "device")
+        sizes = {
+            "pretrain_seconds": args.pretrain_seconds,
+            "view_seconds": args.view_seconds,
+            "num_workers": args.num_workers,
+            "aa_samples": args.aa_samples,
+            "max_batch_size": args.max_batch_size,
+            "rounds": args.check_rounds,
+        }
+        check = dataclasses.replace(check, **{k: v for k, v in sizes.items() if v is not None})
+        if args.no_compile:
+            check = dataclasses.replace(check, compile=False)
+        if args.no_largest_batch:
+            check = dataclasses.replace(check, largest_batch=False)
+        if args.budget_seconds is not None:
+            check = check.for_budget(args.budget_seconds)
+        parts = tuple(p.strip() for p in args.parts.split(",") if p.strip()) if args.parts else PARTS
+        result = run_device_check(check, args.out_dir, mode="dry-cpu" if args.dry_run else "device", parts=parts)
         print(format_markdown(result))
         return
 
@@ -291,8 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
         "real pretraining, AutoAttack throughput), written to --out-dir as JSON and Markdown; about 8 minutes",
     )
     p.add_argument("--dry-run", action="store_true", help="with --device-check: tiny sizes on the CPU (seconds)")
-    p.add_argument("--out-dir", default="docs/bench", help="with --device-check: where the JSON/Markdown go")
+    p.add_argument("--out-dir", default="device-check", help="with --device-check: where the JSON/Markdown go")
     p.add_argument("--data-dir", default=None, help="with --device-check: offline data (default: $ADVCL_DATA_DIR)")
+    check = p.add_argument_group("device check sizes (each part is saved as it finishes)")
+    check.add_argument("--budget-seconds", type=float, default=None, help="size the parts to fit this many seconds")
+    check.add_argument("--parts", default=None, help="comma-separated parts to run (default: all)")
+    check.add_argument("--pretrain-seconds", type=float, default=None, help="real pretraining time (default 120)")
+    check.add_argument("--view-seconds", type=float, default=None, help="time per data-path measurement (default 10)")
+    check.add_argument("--num-workers", type=int, default=None, help="data-loader workers (default 16)")
+    check.add_argument("--aa-samples", type=int, default=None, help="AutoAttack images (default 1000)")
+    check.add_argument("--max-batch-size", type=int, default=None, help="largest batch tried (default 8192)")
+    check.add_argument("--check-rounds", type=int, default=None, help="timed rounds of the step (default 3)")
+    check.add_argument("--no-compile", action="store_true", help="skip the torch.compile step")
+    check.add_argument("--no-largest-batch", action="store_true", help="skip the largest-batch search")
     p.set_defaults(handler=cmd_bench)
 
     from advcl_plugin.tools import selfcheck

@@ -121,6 +121,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     sync_batchnorm: bool = True  # with several devices
     compile: bool = False  # torch.compile the backbone
+    deterministic: Any = False  # Lightning's: true (deterministic algorithms; exact GPU resume), "warn", false
 
 
 @dataclass
@@ -572,6 +573,8 @@ def _validate(recipe: Recipe) -> None:
             check_radius(config.radius, size, size)
         except ValueError as error:
             raise ValueError(f"recipe.method_kwargs.radius: {error}") from None
+    if recipe.trainer.deterministic not in (True, False, "warn"):
+        raise ValueError(f"trainer.deterministic must be true, false or 'warn', got {recipe.trainer.deterministic!r}")
     if recipe.data.views not in ("cpu", "device"):
         raise ValueError(f"data.views must be 'cpu' or 'device', got {recipe.data.views!r}")
     for name in recipe.finetune.modes:

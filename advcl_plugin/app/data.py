@@ -117,4 +117,10 @@ def evaluation_loader(
 ) -> DataLoader:
     native = dataset.image_size
     transform = eval_transform(image_size if image_size != native else None)
-    return DataLoader(dataset.with_transform(transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return DataLoader(
+        dataset.with_transform(transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )

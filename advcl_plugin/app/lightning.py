@@ -21,8 +21,10 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.plugins.layer_sync import LayerSync
 
 from advcl_plugin._io import atomic_torch_save
-from advcl_plugin.app.config import Recipe, load_recipe
+from advcl_plugin._platform import compile_backbone, cpu_has_native_bf16
+from advcl_plugin.app.config import Recipe, TrainerConfig, load_recipe
 from advcl_plugin.app.data import target_image_size
+from advcl_plugin.app.processes import local_rank
 from advcl_plugin.app.schedule import lr_at, scaled_lr_factor
 from advcl_plugin.core.objective import AdvCLObjective
 from advcl_plugin.core.resnet import build_backbone
@@ -88,6 +90,31 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def gather_from_ranks(value: Any) -> list[Any]:
+    """``value`` of every process of a DDP run, in rank order (``[value]`` with one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def rank_rng_state(saved: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The random state of process ``rank`` from a checkpoint (checkpoints of advcl-plugin 0.1 hold one state,
+    rank 0's, for every process)."""
+    if "ranks" not in saved:
+        return saved
+    states = saved["ranks"]
+    if rank >= len(states):
+        raise ValueError(
+            f"the checkpoint holds the random states of {len(states)} process(es), this is process {rank}: resume "
+            "with as many devices as the run was trained on"
+        )
+    return states[rank]
+
+
 #: recipe keys that do not change the training trajectory (they may differ when a run is resumed)
 _FREE_KEYS = (
     "name", "output_dir", "resume", "finetune", "evaluate", "data.num_workers", "data.root", "data.data_dir",
@@ -144,12 +171,15 @@ class AdvCLPretrainModule(pl.LightningModule):
         backbone = build_backbone(self.recipe.model.arch, self.recipe.model.width)
         # global negatives under DDP (no effect on one process)
         self.objective = AdvCLObjective(backbone, config, gather_distributed=True)
+        if self.recipe.trainer.channels_last:  # before Lightning moves and DDP wraps the module (gradient buckets)
+            self.objective.to(memory_format=torch.channels_last)
         if self.recipe.trainer.compile:
-            self.objective.backbone.compile()
+            compile_backbone(self.objective.backbone)
         self.device_views = (
             DeviceAdvCLViews(target_image_size(self.recipe.data)) if self.recipe.data.views == "device" else None
         )
         self.register_buffer("pseudo_labels", torch.zeros(0, 0, dtype=torch.long), persistent=False)
+        self._nonfinite_steps: torch.Tensor | None = None
 
     @property
     def pseudo_label_ks(self) -> tuple[int, ...]:
@@ -189,18 +219,37 @@ class AdvCLPretrainModule(pl.LightningModule):
             tau1, tau2, x_orig = (t.contiguous(memory_format=torch.channels_last) for t in (tau1, tau2, x_orig))
         skip_attack = self.recipe.attack_every > 1 and batch_idx % self.recipe.attack_every != 0
         out = self.objective(x_orig, tau1, tau2, labels, steps=0 if skip_attack else None)
-        if not bool(torch.isfinite(out.loss)):
-            raise FloatingPointError(
-                f"the training loss became {float(out.loss)} at epoch {self.current_epoch}, step {self.global_step} "
-                "(a learning rate too high for this batch size?); training stopped, the last good checkpoint is "
-                "kept (checkpoints/last.ckpt)"
-            )
+        self._check_loss(out.loss, batch_idx)
         logs = dict(out.logs)
         batch_size = x_orig.shape[0]
-        # per step (every log_every_n_steps) and as epoch means ("..._epoch" columns of metrics.csv)
-        self.log("loss", logs.pop("loss"), prog_bar=True, batch_size=batch_size, on_step=True, on_epoch=True)
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=batch_size, on_step=True, on_epoch=True)
+        # per step (every log_every_n_steps, this process) and as epoch means over all processes ("..._epoch"
+        # columns of metrics.csv): the processes' values are reduced once per epoch, not at every step
+        for name, value in {"loss": logs.pop("loss"), **{f"train/{k}": v for k, v in logs.items()}}.items():
+            self.log(name, value, prog_bar=name == "loss", batch_size=batch_size, on_step=True, on_epoch=False)
+            self.log(f"{name}_epoch", value, batch_size=batch_size, on_step=False, on_epoch=True, sync_dist=True)
         return out.loss
+
+    def _check_loss(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Stop on a NaN or infinite training loss without a host-device synchronisation at every step: the
+        steps' finiteness is collected on the device and read every ``log_every_n_steps`` steps and at the
+        last batch of each epoch, before the epoch's checkpoint is written (so no checkpoint holds it)."""
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite_steps = bad.int() if self._nonfinite_steps is None else self._nonfinite_steps + bad.int()
+        every = max(1, self.recipe.trainer.log_every_n_steps)
+        trainer = self._trainer
+        last = trainer is not None and batch_idx + 1 >= trainer.num_training_batches
+        if (batch_idx + 1) % every != 0 and not last:
+            return
+        steps = self._nonfinite_steps
+        if trainer is not None:  # every process stops together (a sum over processes)
+            steps = trainer.strategy.reduce(steps.float(), reduce_op="sum")
+        count, self._nonfinite_steps = int(steps), None
+        if count:
+            raise FloatingPointError(
+                f"the training loss became NaN or infinite at {count} of the steps up to epoch {self.current_epoch}, "
+                f"step {self.global_step} (a learning rate too high for this batch size?); training stopped, the last "
+                "good checkpoint is kept (checkpoints/last.ckpt)"
+            )
 
     def configure_optimizers(self) -> Any:
         optim = self.recipe.optim
@@ -221,12 +270,10 @@ class AdvCLPretrainModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_train_start(self) -> None:
-        if self.recipe.trainer.channels_last:
-            self.objective.to(memory_format=torch.channels_last)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["advcl_rng_state"] = capture_rng_state()
+        # every process's random state (each rank draws its own attack starts and views), gathered so that a
+        # resumed DDP run gives each rank its own state back
+        checkpoint["advcl_rng_state"] = {"ranks": gather_from_ranks(capture_rng_state())}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hyper_parameters", {}).get("recipe")
@@ -234,7 +281,7 @@ class AdvCLPretrainModule(pl.LightningModule):
             raise ValueError("this checkpoint was not written by advcl pretrain (no recipe in its hyper-parameters)")
         check_same_setup(saved, self.hparams["recipe"], checkpoint.get("advcl_path", "checkpoint"))
         if "advcl_rng_state" in checkpoint:
-            restore_rng_state(checkpoint["advcl_rng_state"])
+            restore_rng_state(rank_rng_state(checkpoint["advcl_rng_state"], self.global_rank))
 
 
 class NumberedSnapshots(Callback):
@@ -249,6 +296,24 @@ class NumberedSnapshots(Callback):
             # a full snapshot (optimizer, loops, RNG) that resumes exactly; saying so keeps Lightning from logging
             # "`weights_only` was not set", which reads like unsafe loading (loading is weights-only, see above)
             trainer.save_checkpoint(self.directory / f"epoch-{done:04d}.ckpt", weights_only=False)
+
+
+def stage_device(trainer: TrainerConfig) -> torch.device:
+    """The device a stage that runs outside Lightning (evaluation, PGD-20, AutoAttack) uses for a recipe's
+    ``trainer`` section: the CPU for ``accelerator: cpu`` or without a GPU; otherwise the GPU this process
+    trains on (in a DDP run, the one of its local rank; the first of a ``devices`` list)."""
+    accelerator = str(trainer.accelerator)
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={accelerator} but PyTorch sees no GPU here; use trainer.accelerator=cpu")
+    if accelerator not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
+        return torch.device("cpu")
+    devices = trainer.devices
+    if isinstance(devices, str) and devices.replace(",", "").replace(" ", "").isdigit() and "," in devices:
+        devices = [int(d) for d in devices.split(",") if d.strip()]  # Lightning's "0,1": device ids
+    index = local_rank()
+    if isinstance(devices, (list, tuple)) and devices:
+        return torch.device("cuda", int(devices[min(index, len(devices) - 1)]))
+    return torch.device("cuda", index)
 
 
 def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
@@ -268,8 +333,6 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
         warnings.warn(
             "SyncBatchNorm needs GPUs: with several CPU processes each one normalises its own batch", stacklevel=2
         )
-    from advcl_plugin.tools.bench import cpu_has_native_bf16
-
     if not on_gpu and str(config.precision).startswith("bf16") and not cpu_has_native_bf16():
         warnings.warn(
             f"trainer.precision={config.precision} on a CPU without bf16 instructions (avx512_bf16/AMX): bf16 autocast "
@@ -283,5 +346,6 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
         "num_nodes": config.num_nodes,
         "strategy": config.strategy,
         "precision": config.precision,
+        "deterministic": config.deterministic,
         "plugins": [AtomicCheckpointIO(), *([RoutedSyncBatchNorm()] if sync else [])],
     }

@@ -3,8 +3,10 @@ owned by one process at a time.
 
 * :func:`check_run_name` refuses names that are not a single file name (separators, ``..``, ``.``,
   absolute paths, control characters), so a recipe can never write outside ``output_dir``.
-* :func:`run_directory_lock` holds ``<run dir>/.advcl.lock`` (an ``flock`` on a file recording the
-  owner's pid, host, start time and command) while a command writes into the run directory.  A second
+* :func:`run_directory_lock` holds ``<run dir>/.advcl.lock`` (a POSIX record lock, ``lockf``, on a file
+  recording the owner's pid, host, start time and command) while a command writes into the run directory.
+  The lock belongs to the process, not to the processes it forks (data-loader workers of a killed run
+  cannot keep it).  A second
   process is refused with a message naming the owner; a lock left by a killed process is free again
   (the operating system releases it with the process) and is taken over.  Under distributed training
   only the process of global rank 0 takes it and writes (:func:`is_global_zero_process`).
@@ -30,6 +32,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from advcl_plugin.app.processes import is_global_zero_process
 
 __all__ = [
     "LOCK_NAME",
@@ -75,20 +79,6 @@ def protocol_tag(protocol: str) -> str:
     return "" if protocol == "authors" else f"{protocol}-"
 
 
-def is_global_zero_process() -> bool:
-    """Whether this process is (or will be) global rank 0 of a distributed run, read from the launchers'
-    environment (Lightning's ``LOCAL_RANK`` / ``NODE_RANK``, torchrun's ``RANK``, SLURM's ``SLURM_PROCID``).
-
-    Lightning starts the other processes of a DDP run by running the same command again with
-    ``LOCAL_RANK`` set: those processes train but must not write (or lock) the run directory.
-    """
-    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
-        value = os.environ.get(variable, "0").strip() or "0"
-        if value.isdigit() and int(value) != 0:
-            return False
-    return True
-
-
 #: locks this process holds: run directory -> [open lock file, depth]
 _HELD: dict[Path, list[Any]] = {}
 
@@ -130,7 +120,7 @@ def run_directory_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
         return
     try:
         import fcntl
-    except ImportError:  # no flock (Windows): the run directory is not guarded
+    except ImportError:  # no POSIX locks (Windows): the run directory is not guarded
         yield run_dir
         return
     created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # innermost first
@@ -139,7 +129,7 @@ def run_directory_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
     while True:
         handle = open(path, "a+")
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
             raise RunDirectoryInUse(

@@ -21,6 +21,7 @@ from typing import Any
 
 from advcl_plugin._io import atomic_write_json, read_json
 from advcl_plugin.app.config import Recipe, load_recipe, load_structured, read_yaml, recipe_path
+from advcl_plugin.app.processes import barrier, is_global_zero_process, rank_zero_decides
 from advcl_plugin.app.report import build_report
 from advcl_plugin.app.rundir import check_run_name, protocol_tag, run_directory_lock
 from advcl_plugin.app.stages.evaluate import evaluate
@@ -185,6 +186,8 @@ def _read_record(path: Path) -> Any:
 def _record_timing(timings: dict[str, float], run_dir: Path, stage: str, seconds: float) -> None:
     """Keep a stage's wall time in memory and in the run directory, so a continued study reports it."""
     timings[stage] = seconds
+    if not is_global_zero_process():
+        return
     path = run_dir / "study_timings.json"
     saved = _read_record(path) if path.is_file() else {}
     saved[stage] = seconds
@@ -196,12 +199,15 @@ def _run_name(study: StudyConfig, arm: str, seed: int) -> str:
 
 
 def _timed(timings: dict[str, float], run_dir: Path, stage: str, work: Any) -> Any:
-    print(f"\n=== {stage} ===", flush=True)
+    talk = is_global_zero_process()  # one process of a DDP study tells the stages
+    if talk:
+        print(f"\n=== {stage} ===", flush=True)
     started = time.perf_counter()
     result = work()
     seconds = time.perf_counter() - started
     _record_timing(timings, run_dir, stage, seconds)
-    print(f"=== {stage}: {seconds:.0f} s ===", flush=True)
+    if talk:
+        print(f"=== {stage}: {seconds:.0f} s ===", flush=True)
     return result
 
 
@@ -228,37 +234,42 @@ def _arm_recipe(study: StudyConfig, arm: StudyArm, seed: int, overrides: list[st
         return recipe
     source = recipe.run_dir.parent / _run_name(study, arm.pseudo_labels_from, seed) / "encoder.pt"
     labels_path = recipe.run_dir / "clusterfit_pseudo_labels.npz"
-    if not labels_path.is_file():
+    if not rank_zero_decides(labels_path.is_file()):
         ks = list(recipe.objective_config().ks)
 
         def clusterfit() -> object:
             return make_pseudo_labels(source, recipe.data, ks, labels_path, seed=seed, progress=progress)
 
-        _timed(timings, recipe.run_dir, f"{run_name} clusterfit", clusterfit)
+        if is_global_zero_process():  # k-means once; the other processes of a DDP study wait for the file
+            _timed(timings, recipe.run_dir, f"{run_name} clusterfit", clusterfit)
+        barrier()
     return load_recipe(study.base, [*arm_overrides, f"pseudo_labels.path={labels_path}"])
 
 
 def _pretrained(recipe: Recipe, progress: bool, timings: dict[str, float]) -> None:
     summary_path = recipe.run_dir / "pretrain.json"
     summary = _read_record(summary_path) if summary_path.is_file() else {}
-    if "encoder" in summary and (recipe.run_dir / "encoder.pt").is_file():
+    if rank_zero_decides("encoder" in summary and (recipe.run_dir / "encoder.pt").is_file()):
         return
     summary = _timed(timings, recipe.run_dir, f"{recipe.name} pretrain ({recipe.method})",
                      lambda: pretrain(recipe, progress=progress))  # fmt: skip
-    if "encoder" not in summary:
-        raise RuntimeError(f"{recipe.name} did not finish pretraining; run the command again to continue")
+    if not summary.get("finished"):  # every process of a DDP run knows (only rank 0 writes the encoder)
+        raise ValueError(
+            f"{recipe.name} stopped before the end of its pretraining (trainer.max_epochs?); run the study again "
+            "to continue"
+        )
 
 
 def _finetuned_and_evaluated(recipe: Recipe, mode: str, aa_samples: int, progress: bool,
-                             timings: dict[str, float]) -> Path:  # fmt: skip
+                             timings: dict[str, float], fields: dict[str, Any]) -> Path:  # fmt: skip
     tag = protocol_tag(recipe.protocol)
-    if not (recipe.run_dir / f"finetune-{tag}{mode}" / "classifier.pt").is_file():
+    if not rank_zero_decides((recipe.run_dir / f"finetune-{tag}{mode}" / "classifier.pt").is_file()):
         _timed(timings, recipe.run_dir, f"{recipe.name} {tag}{mode}", lambda: finetune(recipe, mode, progress=progress))
     evaluation = recipe.run_dir / f"eval-{tag}{mode}.json"
-    if not evaluation.is_file():
+    if not rank_zero_decides(evaluation.is_file()):
         recipe.evaluate.aa_samples = aa_samples
         _timed(timings, recipe.run_dir, f"{recipe.name} evaluate {mode}",
-               lambda: evaluate(recipe, mode, progress=progress))  # fmt: skip
+               lambda: evaluate(recipe, mode, progress=progress, record_fields=fields))  # fmt: skip
     return evaluation
 
 
@@ -297,11 +308,12 @@ def run_study(
                     with_autoattack = arm.autoattack is True or (
                         isinstance(arm.autoattack, list) and mode in arm.autoattack
                     )
+                    fields = {"method": arm.name, "seed": seed}
                     evaluation = _finetuned_and_evaluated(
-                        recipe, mode, study.aa_samples if with_autoattack else 0, progress, timings
+                        recipe, mode, study.aa_samples if with_autoattack else 0, progress, timings, fields
                     )
                     result = _read_record(evaluation)
-                    if (result.get("method"), result.get("seed")) != (arm.name, seed):
+                    if (result.get("method"), result.get("seed")) != (arm.name, seed) and is_global_zero_process():
                         result["method"], result["seed"] = arm.name, seed
                         atomic_write_json(evaluation, result)
                     eval_files.append(evaluation)
@@ -315,6 +327,8 @@ def run_study(
         a, b = row["values"]
         values = f"{row['better_arm']} {100 * a:.2f} vs {row['worse_arm']} {100 * b:.2f}"
         lines.append(f"| {row['table']} | {row['claim']} | {values} | {row['verdict']} |")
+    if not is_global_zero_process():  # the other processes of a DDP study trained and evaluated with rank 0
+        return {"results": [], "directory": str(output_dir / f"{study.name}-report"), "markdown": ""}
     report = build_report(
         eval_files,
         output_dir / f"{study.name}-report",
@@ -322,7 +336,7 @@ def run_study(
         extra_markdown="\n".join(lines),
         extra={"orderings": rows, "per_arm": results, "budget": study.budget, "hardware": study.hardware},
     )
-    print("\n" + report["markdown"])
+    print("\n" + report["markdown"])  # rank 0 (the others returned above)
     return report
 
 
@@ -331,5 +345,6 @@ def run_demo(study: str = "study/demo", methods: list[str] | None = None, overri
     """The demo: the study ``study/demo`` (or the arms ``methods`` of it)."""
     started = time.perf_counter()
     report = run_study(study, overrides, progress, arms=methods)
-    print(f"demo finished in {time.perf_counter() - started:.0f} s; report in {report['directory']}")
+    if is_global_zero_process():
+        print(f"demo finished in {time.perf_counter() - started:.0f} s; report in {report['directory']}")
     return report

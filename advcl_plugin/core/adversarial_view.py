@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advcl_plugin.core.attack import check_pixel_range, pgd_linf
+from advcl_plugin.core.attack import check_pixel_range, pgd_linf, pixels_in_range
 from advcl_plugin.core.config import PAPER
 from advcl_plugin.core.pixels import normalize, unnormalize
 from advcl_plugin.core.routed_bn import bn_route, convert_to_multi_bn, routed_bn_layers
@@ -127,7 +127,7 @@ class AdversarialView(nn.Module):
         """
         if self.mean is None:
             return x
-        if x.numel() >= 3 * 32 * 32 * 2 and float(x.min()) >= 0 and float(x.max()) <= 1:
+        if x.numel() >= 3 * 32 * 32 * 2 and bool(pixels_in_range([x], tolerance=0.0)):  # one synchronisation
             raise ValueError(
                 "AdversarialView was given mean/std, but this batch lies in [0, 1] like un-normalised pixels: "
                 "drop mean/std if your pipeline does not normalise (otherwise the budget would be wrong)"

@@ -13,13 +13,21 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import overload
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_pixel_range", "pgd_linf"]
+__all__ = [
+    "FP16_ATTACK_LOSS_SCALE",
+    "check_pixel_range",
+    "check_pixel_ranges",
+    "input_gradients",
+    "linf_ascent",
+    "pgd_linf",
+    "pixels_in_range",
+]
 
 
 def check_pixel_range(x: Tensor, name: str = "input", tolerance: float = 1e-6) -> None:
@@ -28,21 +36,65 @@ def check_pixel_range(x: Tensor, name: str = "input", tolerance: float = 1e-6) -
     The attack budget eps = 8/255 is defined in [0, 1] pixel units; values outside
     that range almost always mean mean/std-normalised tensors reached the attack.
     NaN or infinite pixels are refused too (a NaN compares false with any bound).
+    One host-device synchronisation (see :func:`check_pixel_ranges` for several tensors at once).
     """
-    if x.numel() == 0:
+    check_pixel_ranges({name: x}, tolerance)
+
+
+def pixels_in_range(tensors: Iterable[Tensor], tolerance: float = 1e-6) -> Tensor:
+    """A 0-d bool tensor on the tensors' device: every value finite and in [0, 1] (no synchronisation)."""
+    present = [x.detach() for x in tensors if x.numel()]
+    if not present:
+        return torch.ones((), dtype=torch.bool)
+    bounds = torch.stack([torch.stack(torch.aminmax(x)).float() for x in present])  # (n, 2); NaN propagates
+    return ((bounds[:, 0] >= -tolerance) & (bounds[:, 1] <= 1 + tolerance)).all()
+
+
+def check_pixel_ranges(tensors: dict[str, Tensor], tolerance: float = 1e-6) -> None:
+    """:func:`check_pixel_range` for several named tensors with one host-device synchronisation in all
+    (one min/max reduction per tensor; the message is worked out only when a check fails)."""
+    present = {name: x for name, x in tensors.items() if x.numel()}
+    if not present or bool(pixels_in_range(present.values(), tolerance)):
         return
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise ValueError(f"{name} holds {bad} NaN or infinite value(s): pixels must be finite numbers in [0, 1]")
-    low, high = float(x.min()), float(x.max())
-    if low < -tolerance or high > 1 + tolerance:
-        raise ValueError(
-            f"{name} must hold pixel values in [0, 1] (the attack budget is in pixel units), "
-            f"but its values span [{low:.3f}, {high:.3f}]. This usually means mean/std-"
-            "normalised images reached the attack: attack un-normalised images and normalise "
-            "inside the model."
-        )
+    for name, x in present.items():
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise ValueError(f"{name} holds {bad} NaN or infinite value(s): pixels must be finite numbers in [0, 1]")
+        low, high = float(x.min()), float(x.max())
+        if low < -tolerance or high > 1 + tolerance:
+            raise ValueError(
+                f"{name} must hold pixel values in [0, 1] (the attack budget is in pixel units), "
+                f"but its values span [{low:.3f}, {high:.3f}]. This usually means mean/std-"
+                "normalised images reached the attack: attack un-normalised images and normalise "
+                "inside the model."
+            )
+
+
+#: loss scale of the first try under float16 autocast (PGD needs only the gradient's sign)
+FP16_ATTACK_LOSS_SCALE = 2.0**16
+
+
+def input_gradients(loss: Tensor, inputs: Sequence[Tensor]) -> tuple[Tensor | None, ...]:
+    """Gradients of a scalar ``loss`` with respect to ``inputs``, safe under float16 autocast.
+
+    Under float16 autocast (Lightning's ``16-mixed``) small input gradients underflow to zero in the
+    half-precision backward, and ``sign(0) = 0`` stops the attack where they do.  PGD uses only the sign,
+    so the loss is scaled as a gradient scaler would scale it (:data:`FP16_ATTACK_LOSS_SCALE`, divided by
+    16 while any gradient overflows, down to 1); the sign of each finite gradient is unchanged by the
+    scale.  Outside float16 autocast this is one ``torch.autograd.grad`` call.
+    """
+    device_type = inputs[0].device.type
+    half = torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+    if not half:
+        return torch.autograd.grad(loss, list(inputs), allow_unused=True)
+    scale = FP16_ATTACK_LOSS_SCALE
+    while True:
+        gradients = torch.autograd.grad(loss * scale, list(inputs), allow_unused=True, retain_graph=scale > 1)
+        finite = [torch.isfinite(g).all() for g in gradients if g is not None]
+        if scale <= 1 or not finite or bool(torch.stack(finite).all()):
+            return gradients
+        scale = max(scale / 16, 1.0)
 
 
 @overload
@@ -108,9 +160,23 @@ def pgd_linf(
         raise ValueError("pgd_linf needs at least one input tensor")
     if eps < 0 or step_size < 0 or steps < 0:
         raise ValueError(f"eps, step_size and steps must be >= 0 (got {eps}, {step_size}, {steps})")
-    for index, tensor in enumerate(clean):
-        check_pixel_range(tensor, name=f"pgd_linf input {index}" if joint else "pgd_linf input")
+    check_pixel_ranges({f"pgd_linf input {i}" if joint else "pgd_linf input": t for i, t in enumerate(clean)})
+    result = linf_ascent(loss_fn, clean, eps, steps, step_size, random_start, generator)
+    return result if joint else result[0]
 
+
+def linf_ascent(
+    loss_fn: Callable[..., Tensor],
+    clean: Sequence[Tensor],
+    eps: float,
+    steps: int,
+    step_size: float,
+    random_start: bool,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, ...]:
+    """The iterations of :func:`pgd_linf` on inputs already checked to be pixels in [0, 1] (callers that
+    checked them once per batch, such as :class:`~advcl_plugin.core.objective.AdvCLObjective`, call
+    this and add no host-device synchronisation per attack)."""
     clean = [tensor.detach() for tensor in clean]
     adversarial = []
     for tensor in clean:
@@ -125,7 +191,7 @@ def pgd_linf(
             loss = loss_fn(*inputs)
         if loss.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
-        gradients = torch.autograd.grad(loss, inputs, allow_unused=True)
+        gradients = input_gradients(loss, inputs)
         stepped = []
         for tensor, start, gradient in zip(inputs, clean, gradients, strict=True):
             tensor = tensor.detach()
@@ -135,5 +201,4 @@ def pgd_linf(
             stepped.append(tensor)
         adversarial = stepped
 
-    result = tuple(tensor.detach() for tensor in adversarial)
-    return result if joint else result[0]
+    return tuple(tensor.detach() for tensor in adversarial)

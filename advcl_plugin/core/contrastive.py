@@ -39,6 +39,7 @@ def multi_view_contrastive_loss(
     temperature: float = 0.5,
     base_temperature: float | None = 0.07,
     gather_distributed: bool = False,
+    check_finite: bool = True,
 ) -> Tensor:
     """Multi-view NT-Xent loss of eq. (5), anchors from this process, negatives global.
 
@@ -50,6 +51,8 @@ def multi_view_contrastive_loss(
             (authors' code); ``None`` leaves it unscaled.
         gather_distributed: gather the other processes' embeddings as extra
             negatives (and positives of their own anchors), with gradients.
+        check_finite: refuse NaN or infinite embeddings, naming the view (one host-device
+            synchronisation; callers that check their inputs and loss elsewhere turn it off).
 
     Returns:
         Scalar tensor (float32 even under autocast).
@@ -68,7 +71,7 @@ def multi_view_contrastive_loss(
     batch = views[0].shape[0]
 
     stacked = torch.stack([view.float() for view in views])  # (m, B, d)
-    if not bool(torch.isfinite(stacked).all()):
+    if check_finite and not bool(torch.isfinite(stacked).all()):
         bad = [i for i, view in enumerate(views) if not bool(torch.isfinite(view).all())]
         raise ValueError(f"views{bad} hold NaN or infinite values: the loss would be NaN")
     local = F.normalize(stacked, dim=-1)
@@ -88,18 +91,20 @@ def multi_view_contrastive_loss(
 
     anchors = local.reshape(num_views * batch, -1)  # (m B, d)
     contrast = everything.reshape(num_views * total, -1)  # (m N, d)
-    logits = anchors @ contrast.T / temperature  # (m B, m N)
+    with torch.autocast(anchors.device.type, enabled=False):  # similarities in float32, also under autocast
+        logits = anchors @ contrast.T / temperature  # (m B, m N)
 
+    rows = torch.arange(num_views * batch, device=logits.device)
     anchor_view = torch.arange(num_views, device=logits.device).repeat_interleave(batch)
     anchor_image = torch.arange(batch, device=logits.device).repeat(num_views) + offset
-    self_column = anchor_view * total + anchor_image
-    logits = logits.masked_fill(F.one_hot(self_column, num_views * total).bool(), float("-inf"))
+    # an anchor is not its own negative: one entry per row, set in place (no (m B, m N) mask)
+    logits = logits.index_put_((rows, anchor_view * total + anchor_image), logits.new_tensor(float("-inf")))
     log_prob = torch.log_softmax(logits, dim=1).view(num_views * batch, num_views, total)
     # Log-probability of the same image under every view, then drop the anchor's own view.
-    same_image = log_prob[torch.arange(num_views * batch, device=logits.device), :, anchor_image]
-    positives = same_image.masked_select(~F.one_hot(anchor_view, num_views).bool()).view(
-        num_views * batch, num_views - 1
-    )
+    same_image = log_prob[rows, :, anchor_image]
+    # the other m - 1 views of each anchor, by index (a fixed-shape gather: no host-device synchronisation)
+    slots = torch.arange(num_views - 1, device=logits.device)[None, :]
+    positives = same_image.gather(1, slots + (slots >= anchor_view[:, None]).long())  # (m B, m - 1)
     loss = -positives.mean()
     if base_temperature is not None:
         loss = loss * (temperature / base_temperature)
@@ -114,6 +119,7 @@ class MultiViewNTXentLoss(nn.Module):
         base_temperature: scale ``temperature / base_temperature`` (0.07 in the
             authors' code); ``None`` for the paper's unscaled form.
         gather_distributed: use the global batch (all processes) for negatives.
+        check_finite: refuse NaN or infinite embeddings (see :func:`multi_view_contrastive_loss`).
 
     Shapes:
         ``forward(views)``: ``views`` is a sequence of m tensors (B, d); returns a scalar.
@@ -124,6 +130,7 @@ class MultiViewNTXentLoss(nn.Module):
         temperature: float = 0.5,
         base_temperature: float | None = 0.07,
         gather_distributed: bool = False,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -133,6 +140,7 @@ class MultiViewNTXentLoss(nn.Module):
         self.temperature = temperature
         self.base_temperature = base_temperature
         self.gather_distributed = gather_distributed
+        self.check_finite = check_finite
 
     def forward(self, views: Sequence[Tensor]) -> Tensor:
         return multi_view_contrastive_loss(
@@ -140,6 +148,7 @@ class MultiViewNTXentLoss(nn.Module):
             temperature=self.temperature,
             base_temperature=self.base_temperature,
             gather_distributed=self.gather_distributed,
+            check_finite=self.check_finite,
         )
 
     def extra_repr(self) -> str:

@@ -121,7 +121,10 @@ def _split_frequencies(x: Tensor, radius: float, keep_low: bool) -> Tensor:
     # The radial mask is symmetric under (u, v) -> (-u, -v), so the filtered spectrum is
     # Hermitian and irfft2 equals the real part of the full inverse FFT (eq. 8).
     filtered = torch.fft.irfft2(spectrum * mask.to(spectrum.real.dtype), s=(height, width), dim=(-2, -1))
-    return filtered.to(x.dtype)
+    # irfft2 returns contiguous NCHW; give the view the input's memory format (channels_last stays channels_last,
+    # so a compiled backbone sees one layout and builds no extra graph for this view)
+    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return filtered.to(x.dtype).contiguous(memory_format=layout)
 
 
 def high_frequency(x: Tensor, radius: float = 8) -> Tensor:

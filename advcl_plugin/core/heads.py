@@ -22,7 +22,14 @@ from torch import Tensor, nn
 
 from advcl_plugin.core.config import KS_ENSEMBLE
 
-__all__ = ["ProjectionHead", "PseudoLabelHeads", "check_pseudo_labels", "head_cross_entropy", "pseudo_label_loss"]
+__all__ = [
+    "ProjectionHead",
+    "PseudoLabelHeads",
+    "check_pseudo_labels",
+    "head_cross_entropy",
+    "pseudo_label_loss",
+    "pseudo_labels_in_range",
+]
 
 
 class ProjectionHead(nn.Sequential):
@@ -44,6 +51,12 @@ class ProjectionHead(nn.Sequential):
         )
 
 
+def pseudo_labels_in_range(labels: Tensor, ks: Sequence[int]) -> Tensor:
+    """A 0-d bool tensor: every label of column ``i`` in ``-1..ks[i]-1`` (no synchronisation)."""
+    bounds = torch.as_tensor(tuple(ks), device=labels.device)
+    return ((labels >= -1) & (labels < bounds)).all()
+
+
 def check_pseudo_labels(labels: Tensor, ks: Sequence[int], name: str = "pseudo_labels") -> None:
     """Refuse pseudo labels the heads cannot score: a non-integer tensor (9.6 would be truncated to 9), a
     shape other than (B, len(ks)), or a cluster id outside ``0..K-1`` (``-1`` marks a sample without label).
@@ -55,9 +68,9 @@ def check_pseudo_labels(labels: Tensor, ks: Sequence[int], name: str = "pseudo_l
     if labels.dim() != 2 or labels.shape[1] != len(ks):
         expected = f"(B, {len(ks)}) (one column per K in {tuple(ks)})"
         raise ValueError(f"{name} must have shape {expected}, got {tuple(labels.shape)}")
-    bounds = torch.as_tensor(tuple(ks), device=labels.device)
-    bad = (labels < -1) | (labels >= bounds)
-    if bool(bad.any()):
+    if not bool(pseudo_labels_in_range(labels, ks)):
+        bounds = torch.as_tensor(tuple(ks), device=labels.device)
+        bad = (labels < -1) | (labels >= bounds)
         column = int(bad.any(0).nonzero()[0])
         value = int(labels[:, column][bad[:, column]][0])
         raise ValueError(

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from advcl_plugin.core.advcl_loss import advcl_loss
-from advcl_plugin.core.attack import check_pixel_range, pgd_linf
+from advcl_plugin.core.attack import check_pixel_ranges, linf_ascent, pixels_in_range
 from advcl_plugin.core.config import PAPER, AdvCLConfig
 from advcl_plugin.core.contrastive import MultiViewNTXentLoss
 from advcl_plugin.core.frequency import check_radius, high_frequency, low_frequency
@@ -121,7 +121,12 @@ class AdvCLObjective(nn.Module):
         self.pseudo_label_heads = (
             (pseudo_label_heads or PseudoLabelHeads(self.feature_dim, config.ks)) if config.use_pseudo_labels else None
         )
-        self.contrastive_loss = MultiViewNTXentLoss(config.temperature, config.base_temperature, gather_distributed)
+        # the embeddings' values are checked through the images (above) and the training loss (by the trainer)
+        self.contrastive_loss = MultiViewNTXentLoss(
+            config.temperature, config.base_temperature, gather_distributed, check_finite=False
+        )
+        ks = self.pseudo_label_heads.ks if self.pseudo_label_heads is not None else ()
+        self.register_buffer("_label_bounds", torch.tensor(ks, dtype=torch.long), persistent=False)
 
     # ------------------------------------------------------------------ pieces
     def features(self, x: Tensor, route: str) -> Tensor:
@@ -212,9 +217,16 @@ class AdvCLObjective(nn.Module):
             expected = (x_orig.shape[0], len(self.pseudo_label_heads.ks))
             if tuple(pseudo_labels.shape) != expected:
                 raise ValueError(f"pseudo_labels must have shape {expected}, got {tuple(pseudo_labels.shape)}")
-            check_pseudo_labels(pseudo_labels, self.pseudo_label_heads.ks)
-        for name, tensor in images.items():
-            check_pixel_range(tensor, name=name)
+            if pseudo_labels.is_floating_point() or pseudo_labels.dtype == torch.bool:
+                check_pseudo_labels(pseudo_labels, self.pseudo_label_heads.ks)  # refuses the dtype
+        # one host-device synchronisation for every value check of the batch; the messages only on failure
+        valid = pixels_in_range(images.values())
+        if pseudo_labels is not None and self.pseudo_label_heads is not None:
+            valid = valid & ((pseudo_labels >= -1) & (pseudo_labels < self._label_bounds)).all()
+        if not bool(valid):
+            check_pixel_ranges(images)
+            if pseudo_labels is not None and self.pseudo_label_heads is not None:
+                check_pseudo_labels(pseudo_labels, self.pseudo_label_heads.ks)
         if self.config.frequency_views:
             check_radius(self.config.radius, *x_orig.shape[-2:])
         return self.clean_views(x_orig, tau1, tau2), self._attack_starts(x_orig, tau1, tau2)
@@ -304,7 +316,7 @@ class AdvCLObjective(nn.Module):
             return loss
 
         config = self.config
-        adversarial = pgd_linf(
+        adversarial = linf_ascent(  # the starts were checked with the batch (_checked_inputs)
             attack_loss,
             starts,
             config.eps,

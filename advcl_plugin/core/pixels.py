@@ -35,8 +35,17 @@ INPUT_NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | No
 }
 
 
+#: per-channel statistics already on a device, by (values, device, dtype): no host-to-device copy per call
+_ON_DEVICE: dict[tuple[tuple[float, ...], torch.device, torch.dtype], Tensor] = {}
+
+
 def _stats(values: Sequence[float] | Tensor, like: Tensor) -> Tensor:
-    return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+    if isinstance(values, Tensor):
+        return values.to(dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+    key = (tuple(float(v) for v in values), like.device, like.dtype)
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = torch.as_tensor(key[0], dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+    return _ON_DEVICE[key]
 
 
 def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
@@ -69,9 +78,11 @@ class NormalizedEncoder(nn.Module):
         self.feature_dim = getattr(encoder, "feature_dim", None)
 
     def forward(self, pixels: Tensor) -> Tensor:
-        mean = self.mean.to(device=pixels.device, dtype=pixels.dtype)
-        std = self.std.to(device=pixels.device, dtype=pixels.dtype)
-        return self.encoder((pixels - mean) / std)
+        if self.mean.device != pixels.device or self.mean.dtype != pixels.dtype:
+            # moved once, when the module was not moved with the model (a host that does not register it)
+            self.mean = self.mean.to(device=pixels.device, dtype=pixels.dtype)
+            self.std = self.std.to(device=pixels.device, dtype=pixels.dtype)
+        return self.encoder((pixels - self.mean) / self.std)
 
 
 def random_padded_crop(x: Tensor, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:

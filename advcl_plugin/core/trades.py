@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advcl_plugin.core.attack import check_pixel_range
+from advcl_plugin.core.attack import check_pixel_range, input_gradients
 
 __all__ = ["TRADES_START_STD", "trades_kl_attack", "trades_loss"]
 
@@ -59,7 +59,8 @@ def trades_kl_attack(
         adversarial.requires_grad_(True)
         with torch.enable_grad():
             divergence = F.kl_div(F.log_softmax(logits_fn(adversarial), dim=1), natural, reduction="sum")
-        (gradient,) = torch.autograd.grad(divergence, [adversarial])
+        (gradient,) = input_gradients(divergence, [adversarial])
+        gradient = torch.zeros_like(adversarial) if gradient is None else gradient
         adversarial = adversarial.detach() + step_size * gradient.sign()
         adversarial = torch.minimum(torch.maximum(adversarial, clean - eps), clean + eps).clamp(0, 1)
     return adversarial.clamp(0, 1).detach()

@@ -104,9 +104,9 @@ def random_flip(images: Tensor, prob: float, generator: torch.Generator) -> Tens
 
 
 def grayscale(images: Tensor) -> Tensor:
-    """ITU-R 601 luma, repeated over the three channels."""
-    weights = torch.tensor(_GRAY, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images * weights).sum(1, keepdim=True).expand_as(images)
+    """ITU-R 601 luma, repeated over the three channels (weights as scalars: no host-to-device copy)."""
+    r, g, b = images.unbind(1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1).expand_as(images)
 
 
 def _rgb_to_hsv(images: Tensor) -> Tensor:
@@ -125,10 +125,8 @@ def _rgb_to_hsv(images: Tensor) -> Tensor:
 
 def _hsv_to_rgb(images: Tensor) -> Tensor:
     hue, saturation, value = images.unbind(1)
-    k = (torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-         + hue[:, None] * 6) % 6  # fmt: skip
-    channel = value[:, None] - value[:, None] * saturation[:, None] * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
-    return channel
+    k = (torch.stack([hue * 6 + 5.0, hue * 6 + 3.0, hue * 6 + 1.0], 1)) % 6
+    return value[:, None] - value[:, None] * saturation[:, None] * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
 
 def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
@@ -153,6 +151,7 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
 
 
 _ADJUSTMENTS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+_NEUTRAL = (1.0, 1.0, 1.0, 0.0)  # the factor of each adjustment that leaves an image as it is
 
 
 def color_jitter(images: Tensor, strength: tuple[float, float, float, float], prob: float,
@@ -170,12 +169,13 @@ def color_jitter(images: Tensor, strength: tuple[float, float, float, float], pr
         _uniform(n, max(0.0, 1 - saturation), 1 + saturation, generator, device),
         _uniform(n, -hue, hue, generator, device),
     ]
-    out = images.clone()
+    # Every adjustment runs on the whole batch at every position, with its neutral factor (1, 1, 1, hue 0) for
+    # the images that do not take it there: no data-dependent indexing, so no host-device synchronisation.
+    out = images
     for position in range(4):
         for op, adjust in enumerate(_ADJUSTMENTS):
             chosen = applied & (order[:, position] == op)
-            if bool(chosen.any()):
-                out[chosen] = adjust(out[chosen], factors[op][chosen])
+            out = adjust(out, torch.where(chosen, factors[op], _NEUTRAL[op]))
     return out
 
 

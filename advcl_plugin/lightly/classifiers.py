@@ -140,6 +140,22 @@ class RobustLinearClassifier(_RobustMixin, LinearClassifier):
         )  # fmt: skip
 
 
+    def setup(self, stage: str) -> None:
+        """The encoder's parameters are frozen while the Trainer runs (lightly's ``LinearClassifier`` only runs it
+        without gradient): DDP then wraps the module without parameters that never get a gradient.  PGD still
+        takes gradients with respect to the input.  ``teardown`` gives the parameters their flags back."""
+        super().setup(stage)
+        self._encoder_flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        for parameter, _ in self._encoder_flags:
+            parameter.requires_grad_(False)
+
+    def teardown(self, stage: str) -> None:
+        for parameter, flag in getattr(self, "_encoder_flags", []):
+            parameter.requires_grad_(flag)
+        self._encoder_flags = []
+        super().teardown(stage)
+
+
 class AdversarialFinetuneClassifier(_RobustMixin, FinetuneClassifier):
     """lightly's ``FinetuneClassifier`` for AFF: encoder and head trained on PGD examples
     (``loss="ce"``, the AdvCL authors' AFF) or with TRADES (``loss="trades"``, the RobustSSL

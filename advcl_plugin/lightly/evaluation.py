@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -29,6 +30,8 @@ def robust_linear_evaluation(
     samples: int | None = None,
     aa_samples: int | None = 1000,
     progress: bool = True,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
     """Train a linear head with lightly's ``LinearClassifier`` (frozen ``backbone``) and measure robustness.
@@ -38,6 +41,9 @@ def robust_linear_evaluation(
         train, test: datasets of ``(image tensor in [0, 1], label)``; ``train`` augmented.
         epochs, batch_size, milestones: SLF schedule (authors: 25 epochs, batch 512, lr / 10 at 15, 20).
         samples, aa_samples: numbers of (evenly spaced) test images for SA/RA and for AutoAttack.
+        device: where the attacks run; default: the device the Trainer trained on (Lightning moves the
+            module back to the CPU when ``fit`` ends; PGD-20 and AutoAttack go back to the training device).
+        num_workers: data-loader workers for training and test images (pinned memory on a GPU).
         trainer_kwargs: extra ``pytorch_lightning.Trainer`` arguments.
 
     Returns:
@@ -54,9 +60,12 @@ def robust_linear_evaluation(
         enable_model_summary=False,
         **trainer_kwargs,
     )
-    trainer.fit(classifier, DataLoader(train, batch_size=batch_size, shuffle=True))
-    model = nn.Sequential(backbone, nn.Flatten(1), classifier.classification_head).eval()
-    loader = DataLoader(test, batch_size=256)
+    pin = torch.cuda.is_available()
+    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=num_workers, pin_memory=pin)
+    trainer.fit(classifier, train_loader)
+    target = torch.device(device) if device is not None else trainer.strategy.root_device
+    model = nn.Sequential(backbone, nn.Flatten(1), classifier.classification_head).eval().to(target)
+    loader = DataLoader(test, batch_size=256, num_workers=num_workers, pin_memory=target.type == "cuda")
     return robustness_metrics(
         model, loader, samples=samples, aa_samples=aa_samples, eps_sweep=(), steps_sweep=(), progress=progress
     )

@@ -103,12 +103,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     transform, mean, std = solo_validation_pipeline(solo_dataset, args.image_size)
     model[0].mean.copy_(torch_tensor(mean))
     model[0].std.copy_(torch_tensor(std))
+    device = evaluation_device(args.device)
+    model.to(device)
     test = load_dataset(
         args.dataset, "test", root=args.root, download=args.download, data_dir=args.data_dir, transform=transform
     )
     result = robustness_metrics(
         model,
-        DataLoader(test, batch_size=args.batch_size),
+        DataLoader(test, batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=device.type == "cuda"),
         samples=args.samples,
         aa_samples=args.aa_samples,
         eps_sweep=(),
@@ -122,6 +124,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         "image_size": args.image_size or "solo-learn's validation pipeline",
         "mean": mean,
         "std": std,
+        "device": str(device),
     }
     text = json.dumps(result, indent=2)
     print(text)
@@ -129,6 +132,18 @@ def _evaluate(args: argparse.Namespace) -> None:
         from advcl_plugin._io import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
+
+
+def evaluation_device(name: str | None) -> Any:
+    """The device ``advcl-solo evaluate`` attacks on: ``name``, else the GPU when there is one."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no GPU is visible to PyTorch here; use --device cpu")
+    return device
 
 
 def torch_tensor(values: list[float]) -> Any:
@@ -209,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         "images to N x N instead (e.g. 32 for CIFAR-sized folders: the pretraining resolution, much faster, "
         "but not the resolution the classifier was fitted at)",
     )
+    evaluate.add_argument("--device", default=None, help="where to attack: cuda, cuda:1, cpu (default: the GPU if any)")
+    evaluate.add_argument("--num-workers", type=int, default=2, help="data-loader workers for the test images")
     evaluate.add_argument("--out", default=None)
     evaluate.add_argument("--quiet", action="store_true")
     import advcl_plugin.solo  # noqa: F401

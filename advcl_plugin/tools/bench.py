@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from advcl_plugin._platform import compile_backbone, cpu_has_native_bf16
 from advcl_plugin.core.methods import build_config
 from advcl_plugin.core.objective import AdvCLObjective
 from advcl_plugin.core.resnet import build_backbone
@@ -117,7 +118,7 @@ class _Step:
         if config.channels_last:
             self.objective.to(memory_format=torch.channels_last)
         if config.compile:
-            self.objective.backbone.compile()
+            compile_backbone(self.objective.backbone)
         self.optimizer = torch.optim.SGD(self.objective.parameters(), lr=1e-3, momentum=0.9)
         generator = torch.Generator().manual_seed(bench.seed)
         shape = (bench.batch_size, 3, bench.image_size, bench.image_size)
@@ -331,15 +332,6 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
         "ratios": ratios,
         "times": times,
     }
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (oneDNN's check: avx512_bf16 or AMX); without it, bf16
-    autocast is emulated and much slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _cpu_name() -> str:

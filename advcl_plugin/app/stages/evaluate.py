@@ -16,6 +16,8 @@ from advcl_plugin._io import atomic_savez
 from advcl_plugin.app.artifacts import load_classifier, write_record
 from advcl_plugin.app.config import EvalConfig, Recipe, protocol_deviations
 from advcl_plugin.app.data import evaluation_loader, load_split
+from advcl_plugin.app.lightning import stage_device
+from advcl_plugin.app.processes import barrier, is_global_zero_process
 from advcl_plugin.app.rundir import protocol_tag, run_directory_lock
 from advcl_plugin.core.robustness import evaluation_subset, robustness_metrics
 
@@ -47,10 +49,12 @@ def evaluate(
     classifier_path: str | Path | None = None,
     output_path: str | Path | None = None,
     progress: bool = True,
+    record_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``<run dir>/finetune-<mode>/classifier.pt`` (or ``classifier_path``) on the test split of
     the recipe's evaluation data; writes ``<run dir>/eval-<mode>.json`` and test features for t-SNE
-    (``finetune-robustssl-<mode>`` and ``eval-robustssl-<mode>.json`` under ``protocol: robustssl``)."""
+    (``finetune-robustssl-<mode>`` and ``eval-robustssl-<mode>.json`` under ``protocol: robustssl``).
+    ``record_fields`` are added to the record (a study names its arm and seed there)."""
     tag = protocol_tag(recipe.protocol)
     classifier_path = Path(classifier_path or recipe.run_dir / f"finetune-{tag}{mode}" / "classifier.pt")
     if not classifier_path.is_file():
@@ -63,8 +67,7 @@ def evaluate(
             f"{classifier_path} was finetuned under the {finetuned_under!r} protocol; evaluate it with "
             f"--protocol {finetuned_under} (a report names one protocol per number)"
         )
-    device = torch.device("cuda" if torch.cuda.is_available() and recipe.trainer.accelerator != "cpu" else "cpu")
-    model.to(device).eval()
+    model.to(stage_device(recipe.trainer)).eval()
     data = recipe.eval_data()
     test = load_split(data, "test")
     if test.num_classes != info["num_classes"]:
@@ -76,7 +79,13 @@ def evaluate(
     deviations |= {k: v for k, v in protocol_deviations(recipe, ()).items() if k.startswith("evaluate.")}
     output_path = Path(output_path or recipe.run_dir / f"eval-{tag}{info['mode']}.json")
     with run_directory_lock(recipe.run_dir):
-        return _measure(recipe, model, info, loader, test, classifier_path, deviations, output_path, progress)
+        features_path = output_path.with_name(f"features-{tag}{info['mode']}.npz")
+        results = _measure(recipe, model, info, loader, test, classifier_path, deviations, features_path, progress)
+        results |= record_fields or {}
+        if is_global_zero_process():  # in a DDP study every process evaluates on its own device; rank 0 writes
+            write_record(output_path, results)
+    barrier()
+    return results
 
 
 def _measure(
@@ -87,10 +96,9 @@ def _measure(
     test: Any,
     classifier_path: Path,
     deviations: dict[str, Any],
-    output_path: Path,
+    features_path: Path,
     progress: bool,
 ) -> dict[str, Any]:
-    tag = protocol_tag(recipe.protocol)
     results = {
         "method": info["encoder"].get("method"),
         "run": recipe.name,
@@ -108,8 +116,7 @@ def _measure(
     }
     if recipe.evaluate.tsne_samples > 0:
         features, labels = encoder_features(model, loader, recipe.evaluate.tsne_samples)
-        features_path = output_path.with_name(f"features-{tag}{info['mode']}.npz")
-        atomic_savez(features_path, features=features, labels=labels)
+        if is_global_zero_process():
+            atomic_savez(features_path, features=features, labels=labels)
         results["features"] = features_path.name
-    write_record(output_path, results)
     return results

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
@@ -31,6 +32,7 @@ from advcl_plugin.app.artifacts import RobustClassifier, load_encoder, read_chec
 from advcl_plugin.app.config import FinetuneConfig, Recipe, protocol_deviations
 from advcl_plugin.app.data import load_split, target_image_size
 from advcl_plugin.app.lightning import trainer_kwargs
+from advcl_plugin.app.processes import barrier
 from advcl_plugin.app.rundir import protocol_tag, run_directory_lock
 from advcl_plugin.lightly.classifiers import AdversarialFinetuneClassifier, RobustLinearClassifier
 
@@ -95,12 +97,13 @@ def _finetune(
     plain = finetune_transform(image_size, train.image_size).transforms[:1] if image_size != train.image_size else []
     evaluation = T.Compose([*plain, T.ToTensor()])
     val_loader = None
+    pin = torch.cuda.is_available()
     if config.val_fraction > 0:
         order = np.random.default_rng(recipe.seed).permutation(len(train))
         held_out = round(config.val_fraction * len(train))
         val = train.subset(np.sort(order[:held_out])).with_transform(evaluation)
         train = train.subset(np.sort(order[held_out:]))
-        val_loader = DataLoader(val, batch_size=config.batch_size, num_workers=data.num_workers)
+        val_loader = DataLoader(val, batch_size=config.batch_size, num_workers=data.num_workers, pin_memory=pin)
     train = train.with_transform(augment)
     loader = DataLoader(
         train,
@@ -109,6 +112,7 @@ def _finetune(
         num_workers=data.num_workers,
         persistent_workers=data.num_workers > 0,
         drop_last=False,
+        pin_memory=pin,
     )
     feature_dim, num_classes = int(encoder_info["feature_dim"]), train.num_classes
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("epochs", "val_fraction")}
@@ -147,9 +151,23 @@ def _finetune(
         selection = f"best held-out PGD-{config.val_attack_steps} accuracy ({config.val_fraction:.0%} of train)"
     classifier = RobustClassifier(module.model, feature_dim, num_classes)
     classifier.head.load_state_dict(module.classification_head.state_dict())
-    path = save_classifier(
+    path = output_dir / "classifier.pt"
+    summary = {
+        "mode": mode,
+        "protocol": recipe.protocol,
+        "protocol_deviations": deviations,
+        "classifier": str(path),
+        "selection": selection,
+        "train_images": len(train),
+        "seconds": time.perf_counter() - started,
+        "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+    }
+    if not trainer.is_global_zero:  # the other processes of a DDP run trained with rank 0, which writes
+        barrier()
+        return summary
+    save_classifier(
         classifier,
-        output_dir / "classifier.pt",
+        path,
         encoder_info,
         mode=mode,
         selection=selection,
@@ -161,15 +179,6 @@ def _finetune(
         finetune_settings=dataclasses.asdict(config),
         train_images=len(train),
     )
-    summary = {
-        "mode": mode,
-        "protocol": recipe.protocol,
-        "protocol_deviations": deviations,
-        "classifier": str(path),
-        "selection": selection,
-        "train_images": len(train),
-        "seconds": time.perf_counter() - started,
-        "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
-    }
     write_record(output_dir / "finetune.json", summary)
+    barrier()
     return summary

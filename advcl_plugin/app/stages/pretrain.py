@@ -26,7 +26,8 @@ from advcl_plugin.app.artifacts import read_checkpoint, save_encoder, write_reco
 from advcl_plugin.app.config import Recipe
 from advcl_plugin.app.data import EpochSeededSampler, SeededSamples, pretraining_data
 from advcl_plugin.app.lightning import AdvCLPretrainModule, NumberedSnapshots, check_same_setup, trainer_kwargs
-from advcl_plugin.app.rundir import is_global_zero_process, run_directory_lock
+from advcl_plugin.app.processes import barrier, is_global_zero_process
+from advcl_plugin.app.rundir import run_directory_lock
 from advcl_plugin.core.routed_bn import export_bn_route
 
 __all__ = ["export_encoder", "pretrain"]
@@ -139,11 +140,13 @@ def _pretrain(recipe: Recipe, progress: bool) -> dict[str, Any]:
         "train_images": len(dataset),
         "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "checkpoint": str(checkpoints / "last.ckpt"),
+        "finished": trainer.current_epoch >= recipe.optim.epochs,
     }
-    if trainer.current_epoch >= recipe.optim.epochs and trainer.is_global_zero:
+    if summary["finished"] and trainer.is_global_zero:
         summary["encoder"] = str(export_encoder(module, run_dir / "encoder.pt"))
     elif trainer.is_global_zero:
         print(f"stopped after {trainer.current_epoch}/{recipe.optim.epochs} epochs; run the same command to continue")
     if trainer.is_global_zero:
         write_record(run_dir / "pretrain.json", summary)
+    barrier()  # the other processes of a DDP run go on once encoder.pt is written (they read it to finetune)
     return summary
