@@ -80,6 +80,9 @@ class DataConfig:
 class ModelConfig:
     arch: str = "cifar_resnet18"
     width: int = 64
+    # warm start: a clean encoder (an encoder.pt, another run's name, or another tool's file) whose weights every
+    # BN route starts from; read weights-only and strictly (it must be this arch and width)
+    init_from: str | None = None
 
 
 @dataclass

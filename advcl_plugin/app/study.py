@@ -2,10 +2,11 @@
 backbone, then the table, the plots and a verdict on each of the paper's orderings.
 
 A study file (``recipes/study/*.yaml``) names a base recipe, overrides shared by all arms and
-the arms themselves: ``{name, method, overrides, modes, autoattack, pseudo_labels_from}``
+the arms themselves: ``{name, method, overrides, modes, autoattack, pseudo_labels_from, init_from}``
 (``autoattack``: ``true`` for every mode of the arm, or a list of modes such as ``[slf]``).
 ``pseudo_labels_from: <arm>`` makes ClusterFit pseudo labels from that arm's encoder (e.g.
-this package's own SimCLR) instead of the recipe's file.  Re-running the command continues
+this package's own SimCLR) instead of the recipe's file; ``init_from: <arm>`` warm-starts the arm from that
+arm's encoder (``model.init_from``: every BN route starts from its weights).  Re-running the command continues
 where it stopped (pretraining resumes; finished finetuning and evaluation are kept).  The demo
 is the study ``study/demo`` (simclr, acl and advcl on a 2-core CPU budget).
 """
@@ -40,6 +41,7 @@ class StudyArm:
     modes: list[str] = field(default_factory=lambda: ["slf"])
     autoattack: Any = False  # true: AutoAttack in every mode; or a list of modes, e.g. [slf]
     pseudo_labels_from: str | None = None
+    init_from: str | None = None  # warm start from this earlier arm's encoder (model.init_from)
 
 
 @dataclass
@@ -92,6 +94,8 @@ def load_study(name_or_path: str) -> StudyConfig:
             )
         if arm.pseudo_labels_from and arm.pseudo_labels_from not in names[:index]:
             raise ValueError(f"arm {arm.name!r} takes pseudo labels from {arm.pseudo_labels_from!r}, an earlier arm")
+        if arm.init_from and arm.init_from not in names[:index]:
+            raise ValueError(f"arm {arm.name!r} starts from the encoder of {arm.init_from!r}, an earlier arm")
     return study
 
 
@@ -213,10 +217,12 @@ def _timed(timings: dict[str, float], run_dir: Path, stage: str, work: Any) -> A
 
 def _arm_overrides(study: StudyConfig, arm: StudyArm, seed: int, overrides: list[str]) -> list[str]:
     """The overrides that make the study's base recipe into an arm's recipe for one seed."""
+    warm = [f"model.init_from={_run_name(study, arm.init_from, seed)}"] if arm.init_from else []
     return [
         *study.overrides,
         *overrides,
         *arm.overrides,
+        *warm,
         f"method={arm.method}",
         f"name={_run_name(study, arm.name, seed)}",
         f"seed={seed}",

@@ -28,6 +28,7 @@ from advcl_plugin.core.routed_bn import (
     bn_route,
     convert_to_multi_bn,
     export_bn_route,
+    load_clean_encoder,
     plain_state_dict,
     routed_bn_layers,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "frequency_mask",
     "gather_with_grad",
     "high_frequency",
+    "load_clean_encoder",
     "low_frequency",
     "multi_view_contrastive_loss",
     "pgd_linf",

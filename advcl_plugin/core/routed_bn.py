@@ -39,6 +39,7 @@ __all__ = [
     "convert_to_multi_bn",
     "export_bn_route",
     "is_legacy_routed_state_dict",
+    "load_clean_encoder",
     "plain_state_dict",
     "routed_bn_layers",
 ]
@@ -284,6 +285,46 @@ def plain_state_dict(module: nn.Module, route: str | None = None) -> dict[str, T
     if route is None:
         return {k: v.detach().cpu() for k, v in module.state_dict().items() if ".aux_routes." not in f".{k}"}
     return {k: v.detach().cpu() for k, v in export_bn_route(module, route).state_dict().items()}
+
+
+def load_clean_encoder(backbone: nn.Module, state: Mapping[str, Tensor], source: str = "the clean encoder") -> None:
+    """Warm start: load a clean (single-BN) encoder's weights into ``backbone`` with **every** BN route set to
+    the clean encoder's BN (the statistics and affine parameters of each route start equal, then diverge
+    with training).  Strict: ``state`` must hold exactly the plain architecture's keys with their shapes
+    (missing, unexpected and mis-shaped keys are listed and nothing is loaded).
+
+    Example:
+        >>> import torch
+        >>> from advcl_plugin import bn_route, cifar_resnet18, convert_to_multi_bn
+        >>> clean = cifar_resnet18(width=4)
+        >>> routed = convert_to_multi_bn(cifar_resnet18(width=4))
+        >>> load_clean_encoder(routed, clean.state_dict())
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> with bn_route(routed.eval(), "normal"):
+        ...     same = torch.equal(routed(x), clean.eval()(x))
+        >>> same
+        True
+    """
+    expected = plain_state_dict(backbone)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                    if k in state and tuple(state[k].shape) != tuple(v.shape))  # fmt: skip
+    if missing or unexpected or shapes:
+        problems = [f"{what} {items[:10]}{' ...' if len(items) > 10 else ''}"
+                    for what, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+                    if items]  # fmt: skip
+        raise ValueError(f"{source} does not fit this backbone: " + "; ".join(problems))
+    full = dict(state)
+    for prefix, layer in backbone.named_modules():
+        if not isinstance(layer, MultiRouteBatchNorm):
+            continue
+        head = f"{prefix}." if prefix else ""
+        plain_keys = [k for k in _to_plain(layer, layer.plain_class).state_dict()]
+        for route in layer.aux_routes:
+            for key in plain_keys:
+                full[f"{head}aux_routes.{route}.{key}"] = state[f"{head}{key}"]
+    backbone.load_state_dict(full, strict=True)
 
 
 def convert_routed_sync_batchnorm(module: nn.Module, process_group: object | None = None) -> nn.Module:

@@ -22,15 +22,15 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from advcl_plugin._io import atomic_write_text, check_weights
-from advcl_plugin.app.artifacts import read_checkpoint, save_encoder, write_record
+from advcl_plugin.app.artifacts import load_encoder, read_checkpoint, save_encoder, write_record
 from advcl_plugin.app.config import Recipe
 from advcl_plugin.app.data import EpochSeededSampler, SeededSamples, pretraining_data
 from advcl_plugin.app.lightning import AdvCLPretrainModule, NumberedSnapshots, check_same_setup, trainer_kwargs
 from advcl_plugin.app.processes import barrier, is_global_zero_process
-from advcl_plugin.app.rundir import run_directory_lock
-from advcl_plugin.core.routed_bn import export_bn_route
+from advcl_plugin.app.rundir import check_run_name, run_directory_lock
+from advcl_plugin.core.routed_bn import export_bn_route, load_clean_encoder
 
-__all__ = ["export_encoder", "pretrain"]
+__all__ = ["export_encoder", "init_from_path", "pretrain", "warm_start_from"]
 
 
 def export_encoder(module: AdvCLPretrainModule, path: str | Path, route: str | None = None) -> Path:
@@ -46,6 +46,38 @@ def export_encoder(module: AdvCLPretrainModule, path: str | Path, route: str | N
         "recipe": module.recipe.name,
     }
     return save_encoder(export_bn_route(module.objective.backbone, route), path, info)
+
+
+def init_from_path(recipe: Recipe) -> Path:
+    """The clean encoder ``model.init_from`` names: a file, or the name of a run in ``output_dir`` (its
+    ``encoder.pt``)."""
+    given = str(recipe.model.init_from)
+    if Path(given).is_file():
+        return Path(given)
+    try:
+        run = Path(recipe.output_dir) / check_run_name(given, "model.init_from") / "encoder.pt"
+    except ValueError:
+        run = None
+    if run is not None and run.is_file():
+        return run
+    raise FileNotFoundError(
+        f"model.init_from={given!r} is neither a file nor a finished run in {recipe.output_dir} (no encoder.pt)"
+    )
+
+
+def warm_start_from(recipe: Recipe, module: AdvCLPretrainModule) -> dict[str, Any]:
+    """Load ``model.init_from`` (weights-only, strict, finite) into every BN route of the module's backbone;
+    returns its description for the run record."""
+    path = init_from_path(recipe)
+    backbone, info = load_encoder(path, arch=recipe.model.arch, width=recipe.model.width)
+    if (info.get("arch"), info.get("width")) != (recipe.model.arch, recipe.model.width):
+        raise ValueError(
+            f"model.init_from={path} holds a {info.get('arch')} of width {info.get('width')}; this run trains a "
+            f"{recipe.model.arch} of width {recipe.model.width}"
+        )
+    load_clean_encoder(module.objective.backbone, backbone.state_dict(), source=f"model.init_from={path}")
+    keys = ("method", "arch", "width", "route", "recipe", "source_format")
+    return {"path": str(path), **{k: info[k] for k in keys if k in info}}
 
 
 def _resume_path(recipe: Recipe) -> Path | None:
@@ -88,6 +120,7 @@ def _pretrain(recipe: Recipe, progress: bool) -> dict[str, Any]:
         check_weights(payload.get("state_dict", {}), resume)
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     module = AdvCLPretrainModule(recipe.to_dict())
+    warm_start = warm_start_from(recipe, module) if resume is None and recipe.model.init_from else None
     dataset, labels = pretraining_data(recipe.data, recipe.pseudo_labels, module.pseudo_label_ks or None)
     module.set_pseudo_labels(labels)
     batch_size = recipe.optim.batch_size
@@ -142,6 +175,8 @@ def _pretrain(recipe: Recipe, progress: bool) -> dict[str, Any]:
         "checkpoint": str(checkpoints / "last.ckpt"),
         "finished": trainer.current_epoch >= recipe.optim.epochs,
     }
+    if recipe.model.init_from:
+        summary["init_from"] = warm_start or "resumed (the warm start was applied when the run began)"
     if summary["finished"] and trainer.is_global_zero:
         summary["encoder"] = str(export_encoder(module, run_dir / "encoder.pt"))
     elif trainer.is_global_zero:
