@@ -195,8 +195,9 @@ def test_an_outside_encoder_is_finetuned_and_evaluated(run, source_format):
         payload = state
     torch.save(payload, cwd / f"{source_format}.pt")
     name = f"name=outside-{source_format}"
+    normalization = ["--input-normalization", "none"] if source_format == "robustssl" else []  # AdvCL's: pixels
     advcl("finetune", "-c", "demo", name, *OUTSIDE_TINY, "--encoder", f"{source_format}.pt", "--arch", arch,
-          "--source-format", source_format, cwd=cwd, env=env)  # fmt: skip
+          "--source-format", source_format, *normalization, cwd=cwd, env=env)  # fmt: skip
     advcl("evaluate", "-c", "demo", name, *OUTSIDE_TINY, cwd=cwd, env=env)
     result = json.loads((cwd / "runs" / f"outside-{source_format}" / "eval-slf.json").read_text())
     assert result["method"] == "external" and result["encoder"].endswith(f"{source_format}.pt")

@@ -132,10 +132,14 @@ def test_torchvision_and_timm_state_dicts_load_strictly(tmp_path):
         load_encoder(tmp_path / "tv.pt", arch="resnet18")  # ImageNet stem: a 7x7 first convolution
 
 
-def _robustssl_checkpoint(plain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A dual-BN state dict as the RobustSSL benchmark's AdvCL checkpoints hold it: BN routes under
-    bn_list.0 (normal) and bn_list.1 (adversarial), shortcuts as downsample.conv / downsample.bn, a head
-    and input-normalisation buffers, under DataParallel's module. prefix."""
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _robustssl_checkpoint(plain: dict[str, torch.Tensor], stats=IMAGENET) -> dict[str, torch.Tensor]:
+    """A dual-BN state dict as the RobustSSL benchmark's dual-BN ResNet (models/resnet_multi_bn.py) holds it:
+    BN routes under bn_list.0 (normal) and bn_list.1 (adversarial), shortcuts as downsample.conv /
+    downsample.bn, a head and the input-normalisation buffers the model always applies (ImageNet's), under
+    DataParallel's module. prefix (``stats=None``: no buffers, as AdvCL's own pretraining code saves it)."""
     dual = {}
     for key, value in plain.items():
         key = key.replace("downsample.0.", "downsample.conv.").replace("downsample.1.", "downsample.bn.")
@@ -146,7 +150,8 @@ def _robustssl_checkpoint(plain: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         else:
             dual[f"module.{key}"] = value
     dual["module.fc.weight"], dual["module.fc.bias"] = torch.zeros(10, 512), torch.zeros(10)
-    dual["module.normalize.mean"], dual["module.normalize.std"] = torch.zeros(3), torch.ones(3)
+    if stats is not None:
+        dual["module.normalize.mean"], dual["module.normalize.std"] = torch.tensor(stats[0]), torch.tensor(stats[1])
     return dual
 
 
@@ -156,30 +161,32 @@ def test_robustssl_checkpoints_load_the_adversarial_route_and_refuse_mismatches(
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)
-    dual = _robustssl_checkpoint(reference.state_dict())
+    dual = _robustssl_checkpoint(reference.state_dict(), stats=None)  # AdvCL's own checkpoint: no buffers
     torch.save({"epoch": 1000, "state_dict": dual}, tmp_path / "advcl_robustssl.pt")
-    encoder, info = load_encoder(tmp_path / "advcl_robustssl.pt", arch="torchvision_cifar_resnet18")  # auto
+    with pytest.raises(ValueError, match="pass --input-normalization none .* or imagenet"):
+        load_encoder(tmp_path / "advcl_robustssl.pt", arch="torchvision_cifar_resnet18")  # the file cannot say
+    encoder, info = load_encoder(tmp_path / "advcl_robustssl.pt", arch="torchvision_cifar_resnet18",
+                                 input_normalization="none")  # auto format  # fmt: skip
     assert info["source_format"] == "robustssl" and info["route"] == "pgd"
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(_features(encoder, x), _features(reference, x))
     converted = robustssl_state_dict(dual, "normal")
     assert float(converted["bn1.running_var"].abs().sum()) == 0  # bn_list.0 kept: the zeros written above
 
-    # ImageNet input normalisation, as the benchmark's ResNet applies it for ACL and DynACL
-    normalized, info = load_encoder(
-        tmp_path / "advcl_robustssl.pt", arch="torchvision_cifar_resnet18", input_normalization="imagenet"
-    )
-    mean, std = (
-        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
-        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
-    )
+    # the benchmark's dual-BN ResNet always normalises with its buffers' (ImageNet) statistics: read from the file
+    torch.save({"state_dict": _robustssl_checkpoint(reference.state_dict())}, tmp_path / "dual.pt")
+    normalized, info = load_encoder(tmp_path / "dual.pt", arch="torchvision_cifar_resnet18")
+    mean, std = (torch.tensor(IMAGENET[0]).view(1, 3, 1, 1), torch.tensor(IMAGENET[1]).view(1, 3, 1, 1))
     torch.testing.assert_close(_features(normalized, x), _features(reference, (x - mean) / std))
     assert info["input_normalization"] == "imagenet"
+    with pytest.raises(ValueError, match="always normalises its input with the imagenet statistics"):
+        load_encoder(tmp_path / "dual.pt", arch="torchvision_cifar_resnet18", input_normalization="none")
 
     broken = {k: v for k, v in dual.items() if "layer4.1.bn2" not in k}
     torch.save(broken, tmp_path / "broken.pt")
     with pytest.raises(ValueError) as error:
-        load_encoder(tmp_path / "broken.pt", arch="torchvision_cifar_resnet18", source_format="robustssl")
+        load_encoder(tmp_path / "broken.pt", arch="torchvision_cifar_resnet18", source_format="robustssl",
+                     input_normalization="none")  # fmt: skip
     for key in ("layer4.1.bn2.weight", "layer4.1.bn2.running_mean"):
         assert key in str(error.value)
     assert "missing 5 [" in str(error.value)
@@ -190,4 +197,4 @@ def test_outside_encoders_are_read_as_data(tmp_path):
 
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "args": argparse.Namespace()}, tmp_path / "pickled.pt")
     with pytest.raises(ValueError, match="refuses to load"):
-        load_encoder(tmp_path / "pickled.pt", arch="resnet18", source_format="robustssl")
+        load_encoder(tmp_path / "pickled.pt", arch="resnet18", source_format="robustssl", input_normalization="none")

@@ -42,6 +42,7 @@ __all__ = [
     "load_classifier",
     "load_encoder",
     "read_checkpoint",
+    "robustssl_input_normalization",
     "robustssl_state_dict",
     "save_classifier",
     "save_encoder",
@@ -209,17 +210,66 @@ def _describe_payload(payload: Any) -> str:
     return f"a {type(payload).__name__}"
 
 
-def _guess_source(payload: dict[str, Any]) -> str:
+def _guess_source(payload: dict[str, Any]) -> tuple[str, str]:
+    """The format of a file's payload and why (``--source-format auto``), from its keys."""
     if payload.get("format") in (ENCODER_FORMAT, CLASSIFIER_FORMAT):
-        return "advcl"
+        return "advcl", f"it says format: {payload['format']}"
     if isinstance(payload.get("hyper_parameters"), dict) and "recipe" in payload["hyper_parameters"]:
-        return "advcl"
-    state = _state_of(payload)
-    if any(".bn_list." in k or "downsample.conv." in k for k in state):
-        return "robustssl"
-    if "pytorch-lightning_version" in payload and any(k.startswith("backbone.") for k in state):
-        return "solo"
-    return "torchvision"
+        return "advcl", "a pretraining checkpoint of advcl pretrain (a recipe in its hyper-parameters)"
+    state = _strip_prefixes(_state_of(payload))
+    if any(".bn_list." in k for k in state):
+        return "robustssl", "dual-BN keys (bn_list.<i>) of the RobustSSL benchmark's ResNet"
+    if any("downsample.conv." in k for k in state):
+        return "robustssl", "downsample.conv / downsample.bn, the RobustSSL benchmark's shortcut names"
+    if "normalize.mean" in state and "normalize.std" in state:
+        return "robustssl", "normalize.mean / normalize.std, the RobustSSL benchmark's input-normalisation buffers"
+    if "pytorch-lightning_version" in payload and any(k.startswith("backbone.") for k in _state_of(payload)):
+        return "solo", "a Lightning checkpoint with backbone.* weights (solo-learn)"
+    return "torchvision", "torchvision / timm names (none of the other formats' marks)"
+
+
+#: formats ``--source-format auto`` tells apart, in the order it tries them
+AUTO_ORDER = ("advcl", "robustssl", "solo", "torchvision")
+
+
+def robustssl_input_normalization(state: dict[str, Tensor], requested: str | None, path: Path) -> str:
+    """The input normalisation of a RobustSSL-format file: read from the file where the file says so, else
+    the one ``requested`` (refused when it is missing, with the reason).
+
+    The benchmark's dual-BN ResNet (``bn_list.<i>`` keys) always normalises its input with the statistics of
+    its ``normalize.mean`` / ``normalize.std`` buffers (ImageNet's); its single-BN ResNet does so only for
+    models pretrained by other methods than AdvCL and A-InfoNCE (a constructor flag, ``do_normalize``, that
+    the file does not record)."""
+    state = _strip_prefixes(state)
+    dual = any(".bn_list." in k for k in state)
+    if dual and "normalize.mean" in state and "normalize.std" in state:
+        mean, std = state["normalize.mean"].flatten().tolist(), state["normalize.std"].flatten().tolist()
+        known = {name: stats or ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)) for name, stats in INPUT_NORMALIZATIONS.items()}
+        found = next(
+            (name for name, (m, d) in known.items()
+             if torch.allclose(torch.tensor(mean), torch.tensor(m), atol=1e-4)
+             and torch.allclose(torch.tensor(std), torch.tensor(d), atol=1e-4)),
+            None,
+        )  # fmt: skip
+        if found is None:
+            raise ValueError(f"{path}: its normalize buffers hold mean {mean}, std {std}, which no known "
+                             f"normalisation ({list(INPUT_NORMALIZATIONS)}) matches")  # fmt: skip
+        if requested not in (None, found):
+            raise ValueError(
+                f"{path} is the RobustSSL benchmark's dual-BN ResNet, which always normalises its input with the "
+                f"{found} statistics of its normalize buffers; --input-normalization {requested} would feed it "
+                f"other inputs than it was trained on (leave the flag out, or give {found})"
+            )
+        return found
+    if requested is None:
+        kind = "dual-BN checkpoint without normalize buffers" if dual else "single-BN ResNet"
+        raise ValueError(
+            f"{path} is a RobustSSL-format {kind}: whether it expects normalised inputs depends on how it was "
+            "pretrained, which the file does not record (the benchmark normalises with ImageNet's statistics "
+            "for every pretraining method except AdvCL and A-InfoNCE): pass --input-normalization none (AdvCL, "
+            "A-InfoNCE) or imagenet (ACL, DynACL, DeACL, ...)"
+        )
+    return requested
 
 
 def _state_of(payload: Any) -> dict[str, Tensor]:
@@ -280,7 +330,7 @@ def load_encoder(
     width: int = 64,
     route: str | None = None,
     source_format: str = "auto",
-    input_normalization: str = "none",
+    input_normalization: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """An encoder taking pixels in [0, 1] and returning pooled features, and a dict describing it.
 
@@ -291,8 +341,11 @@ def load_encoder(
     dict, a solo-learn checkpoint (its ``backbone.*``), or a RobustSSL-format checkpoint (``route``
     ``pgd``, the default, keeps ``bn_list.1``).  Every key must fit the architecture.
     ``input_normalization`` (``"imagenet"``, ``"cifar10"``) wraps an encoder that was trained on
-    normalised images so that it takes pixels (the RobustSSL benchmark normalises with ImageNet's
-    statistics for every method but AdvCL and A-InfoNCE).  Loading is weights-only.
+    normalised images so that it takes pixels; ``None`` (the default) means ``"none"``, except for
+    RobustSSL-format files (:func:`robustssl_input_normalization`: read from a dual-BN file, required
+    for the others, since the benchmark normalises with ImageNet's statistics for every method but AdvCL
+    and A-InfoNCE).  With ``source_format="auto"`` the record says why the format was chosen
+    (``source_format_reason``).  Loading is weights-only.
     """
     if source_format not in ENCODER_SOURCES:
         raise ValueError(f"source_format must be one of {ENCODER_SOURCES}, got {source_format!r}")
@@ -303,12 +356,23 @@ def load_encoder(
             f"{path} holds {_describe_payload(payload)}, not a state dict or checkpoint (a mapping of parameter "
             "names to tensors); save the model's state_dict() instead"
         )
-    source = _guess_source(payload) if source_format == "auto" else source_format
+    if source_format == "auto":
+        source, reason = _guess_source(payload)
+        reason = f"auto: {reason} (considered {', '.join(AUTO_ORDER)})"
+    else:
+        source, reason = source_format, "given"
     if source != "advcl":
-        backbone, info = _external_encoder(payload, source, arch, width, route, path)
-        backbone, info = _with_input_normalization(backbone, info, input_normalization)
-        return backbone, info | {"source": str(path)}
-    if input_normalization != "none":
+        if source == "robustssl":
+            input_normalization = robustssl_input_normalization(_state_of(payload), input_normalization, path)
+        try:
+            backbone, info = _external_encoder(payload, source, arch, width, route, path)
+        except ValueError as error:
+            if source_format != "auto":
+                raise
+            raise ValueError(f"{error} [format chosen by --source-format {reason}]") from None
+        backbone, info = _with_input_normalization(backbone, info, input_normalization or "none")
+        return backbone, info | {"source": str(path), "source_format_reason": reason}
+    if input_normalization not in (None, "none"):
         raise ValueError("encoders of this package take pixels in [0, 1]: input_normalization applies to other tools'")
     if payload.get("format") == ENCODER_FORMAT:
         if route is not None and route != payload["route"]:

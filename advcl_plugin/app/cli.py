@@ -28,6 +28,25 @@ def _protocol_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _encoder_format_arguments(parser: argparse.ArgumentParser) -> None:
+    from advcl_plugin.app.artifacts import ENCODER_SOURCES
+
+    parser.add_argument(
+        "--source-format",
+        choices=ENCODER_SOURCES,
+        default="auto",
+        help="format of the encoder file: this package's, a solo-learn checkpoint, a torchvision/timm state dict, "
+        "or a RobustSSL-benchmark checkpoint (auto: told apart by its keys; the record says why)",
+    )
+    parser.add_argument(
+        "--input-normalization",
+        choices=("none", "imagenet", "cifar10"),
+        default=None,
+        help="the mean/std the encoder was trained with (default none; RobustSSL files: read from a dual-BN file, "
+        "required for the others: imagenet except for AdvCL and A-InfoNCE)",
+    )
+
+
 def _load(args: argparse.Namespace):
     from advcl_plugin.app.config import load_recipe
 
@@ -56,6 +75,8 @@ def cmd_pseudo_labels(args: argparse.Namespace) -> None:
         arch=args.arch,
         width=args.width,
         route=args.route,
+        source_format=args.source_format,
+        input_normalization=args.input_normalization,
         image_size=args.image_size,
         seed=args.seed,
         progress=not args.quiet,
@@ -195,8 +216,6 @@ def cmd_selfcheck(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from advcl_plugin.app.artifacts import ENCODER_SOURCES
-
     parser = argparse.ArgumentParser(
         prog="advcl", description="AdvCL robust pretraining: pretrain, finetune, evaluate.", epilog=EPILOG
     )
@@ -215,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None, help="network of a plain state dict (cifar_resnet18, resnet18, ...)")
     p.add_argument("--width", type=int, default=64, help="width of a cifar_resnet18 state dict")
     p.add_argument("--route", default=None, help="BN route of a pretraining checkpoint (default: the method's)")
+    _encoder_format_arguments(p)
     p.add_argument("--dataset", required=True, help="dataset whose train split is clustered")
     p.add_argument("--root", default="./data")
     p.add_argument("--download", action="store_true")
@@ -241,22 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("slf", "alf", "aff"), default="slf")
     p.add_argument("--encoder", default=None, help="default: <run dir>/encoder.pt; or another tool's encoder")
     _protocol_argument(p)
-    p.add_argument(
-        "--source-format",
-        choices=ENCODER_SOURCES,
-        default="auto",
-        help="format of --encoder: this package's, a solo-learn checkpoint, a torchvision/timm state dict, or a "
-        "RobustSSL-benchmark checkpoint (auto: told apart by its keys)",
-    )
+    _encoder_format_arguments(p)
     p.add_argument("--arch", default=None, help="network of another tool's encoder (torchvision_cifar_resnet18, ...)")
     p.add_argument("--width", type=int, default=64, help="width of a cifar_resnet18 state dict")
     p.add_argument("--route", default=None, help="BN route to keep (pgd or normal; default: the adversarial one)")
-    p.add_argument(
-        "--input-normalization",
-        choices=("none", "imagenet", "cifar10"),
-        default="none",
-        help="the mean/std the encoder was trained with (the RobustSSL benchmark: imagenet except AdvCL, A-InfoNCE)",
-    )
     p.set_defaults(handler=cmd_finetune)
 
     p = commands.add_parser("evaluate", help="SA, RA (PGD), AA (AutoAttack) and the eps / steps sweeps", epilog=EPILOG)

@@ -32,6 +32,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from advcl_plugin.app.rundir import check_run_name
 from advcl_plugin.core.config import (
+    HEAD_INITS,
     PAPER_EVALUATION,
     PAPER_FINETUNE,
     PAPER_SCHEDULE,
@@ -145,6 +146,7 @@ class FinetuneConfig:
     val_attack_steps: int = 10
     loss: str = PAPER_FINETUNE.loss  # AFF: "ce" (PGD cross-entropy, the authors') or "trades" (RobustSSL's)
     trades_beta: float = PAPER_FINETUNE.trades_beta
+    head_init: str = PAPER_FINETUNE.head_init  # "default" (nn.Linear's, the authors') or "zeros" (RobustSSL's)
 
 
 @dataclass
@@ -436,6 +438,7 @@ def protocol_settings(protocol: str, method: str) -> dict[str, Any]:
             "val_fraction": 0.0,
             "loss": s.loss,
             "trades_beta": s.trades_beta,
+            "head_init": s.head_init,
         }
         for mode, s in schedules.items()
     }
@@ -540,6 +543,8 @@ def _validate_finetune(mode: str, section: FinetuneConfig) -> None:
         )
     if not 0 <= section.val_fraction < 1:
         raise ValueError(f"recipe.{where}.val_fraction must lie in [0, 1), got {section.val_fraction}")
+    if section.head_init not in HEAD_INITS:
+        raise ValueError(f"recipe.{where}.head_init must be one of {list(HEAD_INITS)}, got {section.head_init!r}")
 
 
 #: AutoAttack's versions (pyautoattack)

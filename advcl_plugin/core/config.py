@@ -304,6 +304,9 @@ class FinetuneSchedule:
     attack_steps: int = 10
     loss: str = "ce"  # "ce": cross-entropy on PGD examples (ALF, AFF); "trades": TRADES (Zhang et al. 2019)
     trades_beta: float = 6.0
+    # the linear head's start: "default" (PyTorch's nn.Linear init, the AdvCL authors' script) or "zeros"
+    # (weight and bias zero, the RobustSSL benchmark's get_model for SLF, ALF and AFF)
+    head_init: str = "default"
 
 
 @dataclass(frozen=True)
@@ -328,7 +331,8 @@ class RobustSSLProtocol:
 
     SLF and ALF: frozen encoder in eval mode, SGD (momentum 0.9, weight decay 2e-4), 25 epochs,
     lr / 10 at ``milestones``, RandomCrop(32, padding 4) + flip, ALF on PGD-10 (eps 8/255, step
-    2/255) cross-entropy examples.  AFF: the whole network trained with TRADES (beta 6, KL attack
+    2/255) cross-entropy examples; the linear head starts at zero (weight and bias) in every mode.  AFF: the
+    whole network trained with TRADES (beta 6, KL attack
     of 10 steps from a 0.001 Gaussian start, attack in eval mode, loss in train mode).  The
     last epoch is kept (the script's optional test-set selection is off by default), and SA,
     PGD-20 (RA) and AutoAttack ``standard`` (AA) are measured on the whole test set.
@@ -350,20 +354,23 @@ def _robustssl_modes(slf_alf: FinetuneSchedule, aff: FinetuneSchedule) -> dict[s
     return {"slf": slf_alf, "alf": slf_alf, "aff": aff}
 
 
+#: head starts a finetuning schedule may name
+HEAD_INITS: tuple[str, ...] = ("default", "zeros")
+
 #: the benchmark's settings per pretraining family, CIFAR-10 (its ``setup_hyperparameter``)
 ROBUSTSSL: dict[str, RobustSSLProtocol] = {
     "advcl": RobustSSLProtocol(  # AdvCL, A-InfoNCE, DeACL
         "advcl",
         **_robustssl_modes(
-            FinetuneSchedule(lr=0.01, batch_size=512, milestones=(15, 20)),
-            FinetuneSchedule(lr=0.1, batch_size=128, milestones=(15, 20), loss="trades"),
+            FinetuneSchedule(lr=0.01, batch_size=512, milestones=(15, 20), head_init="zeros"),
+            FinetuneSchedule(lr=0.1, batch_size=128, milestones=(15, 20), loss="trades", head_init="zeros"),
         ),
     ),
     "acl": RobustSSLProtocol(  # ACL
         "acl",
         **_robustssl_modes(
-            FinetuneSchedule(lr=0.01, batch_size=512, milestones=(10, 20)),
-            FinetuneSchedule(lr=0.1, batch_size=128, epochs=100, milestones=(40, 60), loss="trades"),
+            FinetuneSchedule(lr=0.01, batch_size=512, milestones=(10, 20), head_init="zeros"),
+            FinetuneSchedule(lr=0.1, batch_size=128, epochs=100, milestones=(40, 60), loss="trades", head_init="zeros"),
         ),
         input_normalization="imagenet",
     ),

@@ -21,6 +21,7 @@ from lightly.utils.benchmarking import FinetuneClassifier, LinearClassifier
 from torch import Tensor, nn
 
 from advcl_plugin.core.attack import pgd_linf
+from advcl_plugin.core.config import HEAD_INITS
 from advcl_plugin.core.config import PAPER_EVALUATION as EVAL
 from advcl_plugin.core.config import PAPER_FINETUNE as SLF
 from advcl_plugin.core.trades import trades_kl_attack, trades_loss
@@ -60,6 +61,17 @@ class _RobustMixin:
         self.milestones, self.gamma = list(milestones), gamma
         self.attack_eps, self.attack_step_size = attack_eps, attack_step_size
         self.attack_steps, self.val_attack_steps = attack_steps, val_attack_steps
+
+    def _start_head(self, head_init: str) -> None:
+        """``"default"``: nn.Linear's initialisation (the AdvCL authors' script); ``"zeros"``: weight and bias
+        zero (the RobustSSL benchmark's, in every mode)."""
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {list(HEAD_INITS)}, got {head_init!r}")
+        self.head_init = head_init
+        if head_init == "zeros":
+            with torch.no_grad():
+                for tensor in self.classification_head.parameters():
+                    tensor.zero_()
 
     def logits(self, images: Tensor) -> Tensor:
         """Logits with gradients flowing to the input (lightly's ``LinearClassifier.forward`` has none)."""
@@ -132,12 +144,14 @@ class RobustLinearClassifier(_RobustMixin, LinearClassifier):
         attack_step_size: float = EVAL.step_size,
         attack_steps: int = SLF.attack_steps,
         val_attack_steps: int = SLF.attack_steps,
+        head_init: str = SLF.head_init,
     ) -> None:
         super().__init__(model, batch_size, lr, feature_dim, num_classes, topk=(1,))
         self._robust_settings(
             adversarial, momentum, weight_decay, milestones, gamma, attack_eps, attack_step_size, attack_steps,
             val_attack_steps,
         )  # fmt: skip
+        self._start_head(head_init)
 
 
     def setup(self, stage: str) -> None:
@@ -179,6 +193,7 @@ class AdversarialFinetuneClassifier(_RobustMixin, FinetuneClassifier):
         val_attack_steps: int = SLF.attack_steps,
         loss: str = SLF.loss,
         trades_beta: float = SLF.trades_beta,
+        head_init: str = SLF.head_init,
     ) -> None:
         if loss not in ("ce", "trades"):
             raise ValueError(f"loss must be 'ce' or 'trades', got {loss!r}")
@@ -190,6 +205,7 @@ class AdversarialFinetuneClassifier(_RobustMixin, FinetuneClassifier):
             val_attack_steps,
         )  # fmt: skip
         self.loss, self.trades_beta = loss, trades_beta
+        self._start_head(head_init)
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         if self.loss == "ce":

@@ -32,6 +32,7 @@ def robust_linear_evaluation(
     progress: bool = True,
     device: str | torch.device | None = None,
     num_workers: int = 0,
+    head_init: str = PAPER_FINETUNE.head_init,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
     """Train a linear head with lightly's ``LinearClassifier`` (frozen ``backbone``) and measure robustness.
@@ -44,13 +45,14 @@ def robust_linear_evaluation(
         device: where the attacks run; default: the device the Trainer trained on (Lightning moves the
             module back to the CPU when ``fit`` ends; PGD-20 and AutoAttack go back to the training device).
         num_workers: data-loader workers for training and test images (pinned memory on a GPU).
+        head_init: the head's start, ``"default"`` (the authors') or ``"zeros"`` (the RobustSSL benchmark's).
         trainer_kwargs: extra ``pytorch_lightning.Trainer`` arguments.
 
     Returns:
         The metrics of :func:`advcl_plugin.core.robustness.robustness_metrics` (no sweeps).
     """
     classifier = RobustLinearClassifier(
-        backbone, feature_dim, num_classes, batch_size=batch_size, milestones=milestones
+        backbone, feature_dim, num_classes, batch_size=batch_size, milestones=milestones, head_init=head_init
     )
     trainer = pl.Trainer(
         max_epochs=epochs,

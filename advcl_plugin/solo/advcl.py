@@ -15,9 +15,10 @@ from typing import Any
 import omegaconf
 import torch
 from solo.methods.base import BaseMethod
+from solo.utils.misc import omegaconf_select
 from torch import Tensor
 
-from advcl_plugin.core.config import PAPER_VIEWS, AdvCLConfig
+from advcl_plugin.core.config import PAPER, PAPER_VIEWS, AdvCLConfig
 from advcl_plugin.core.heads import ProjectionHead, PseudoLabelHeads
 from advcl_plugin.core.objective import AdvCLObjective
 from advcl_plugin.core.pixels import NormalizedEncoder, random_padded_crop, unnormalize
@@ -88,7 +89,24 @@ class AdvCL(RoutedMethodMixin, BaseMethod):
 
     @staticmethod
     def add_and_assert_specific_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
-        return super(AdvCL, AdvCL).add_and_assert_specific_cfg(cfg)
+        """solo-learn's hook for method defaults: every ``method_kwargs`` key of ``method: advcl`` is set in the
+        config (the authors' value where the recipe gives none), so that the checkpointer's ``args.json`` holds
+        the whole setting."""
+        cfg = super(AdvCL, AdvCL).add_and_assert_specific_cfg(cfg)
+        defaults = {**PAPER.to_dict(), **SOLO_KWARGS}
+        for key, value in defaults.items():
+            value = list(value) if isinstance(value, tuple) else value
+            cfg.method_kwargs[key] = omegaconf_select(cfg, f"method_kwargs.{key}", value)
+        return cfg
+
+    def forward(self, X: Tensor) -> dict[str, Any]:
+        """solo-learn's outputs (``logits`` of the online probe, ``feats``) and the projection ``z``."""
+        out = super().forward(X)
+        return {**out, "z": self.projector(out["feats"])}
+
+    def multicrop_forward(self, X: Tensor) -> dict[str, Any]:
+        out = super().multicrop_forward(X)
+        return {**out, "z": self.projector(out["feats"])}
 
     @property
     def learnable_params(self) -> list[dict[str, Any]]:
@@ -114,9 +132,12 @@ class AdvCL(RoutedMethodMixin, BaseMethod):
     def training_step(self, batch: list[Any], batch_idx: int) -> Tensor:
         indexes, views, targets = batch
         tau1, tau2 = self.pixels(views[0]), self.pixels(views[1])
-        original = random_padded_crop(
-            self.pixels(views[self.original_view_index]), int(self.solo_kwargs["original_view_padding"])
-        )
+        if self.original_view_index is None:  # no `augmentations` in the config: the first large crop stands in
+            original = tau1
+        else:
+            original = random_padded_crop(
+                self.pixels(views[self.original_view_index]), int(self.solo_kwargs["original_view_padding"])
+            )
         labels = self.pseudo_labels[indexes] if self.pseudo_labels.numel() else None
         out = self.objective(original, tau1, tau2, labels)
         self.log_dict({f"train_{k}": v for k, v in out.logs.items()}, on_epoch=True, sync_dist=True)

@@ -84,6 +84,8 @@ class AdversarialViewMixin(RoutedMethodMixin):
         _, adversarial = split_method_kwargs(cfg, ADVERSARIAL_DEFAULTS, type(self).__name__, parent_keys)
         cfg.method_kwargs = omegaconf.OmegaConf.create({k: given[k] for k in parent_keys})  # the parent's own keys
         super().__init__(cfg)  # type: ignore[call-arg]
+        for key in ADVERSARIAL_DEFAULTS:  # back in the config, with their defaults: args.json holds the whole setting
+            cfg.method_kwargs[key] = adversarial[key]
         self.adversarial = adversarial
         self.original_view_index = split_original_view(self, cfg, required=False, multicrop=self.takes_small_crops)
         mean, std = pipeline_statistics(cfg)

@@ -4,6 +4,7 @@ normalisation, the original view, the online probe and k-NN on the exported rout
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from advcl_plugin.core.routed_bn import (
 
 __all__ = [
     "EXPORTED_ROUTE",
+    "NEUTRAL_AUGMENTATION",
     "ORIGINAL_VIEW_HELP",
     "RoutedMethodMixin",
     "RoutedSyncBatchNorm",
@@ -41,6 +43,15 @@ ORIGINAL_VIEW_HELP = (
     "rrc disabled, horizontal_flip 0.5 and every other probability 0 (recipes/solo/augmentations/advcl.yaml); "
     "the method adds the 4-pixel padded random crop itself"
 )
+
+#: an augmentations entry with every augmentation off: solo-learn's pipeline of it is just its normalisation
+NEUTRAL_AUGMENTATION: dict[str, Any] = {
+    "rrc": {"enabled": False},
+    "crop_size": 32,
+    "num_crops": 1,
+    **{name: {"prob": 0.0} for name in ("color_jitter", "grayscale", "gaussian_blur", "solarization",
+                                        "equalization", "horizontal_flip")},
+}  # fmt: skip
 
 #: the BN route a downstream user evaluates: main_linear.py loads it (native names, ``backbone.*``)
 EXPORTED_ROUTE = "pgd"
@@ -70,7 +81,11 @@ def pipeline_statistics(cfg: omegaconf.DictConfig) -> tuple[list[float], list[fl
     from solo.data.pretrain_dataloader import build_transform_pipeline
     from torchvision import transforms
 
-    pipeline = build_transform_pipeline(cfg.data.dataset, cfg.augmentations[0])
+    if "augmentations" in cfg and cfg.augmentations:
+        augmentation = cfg.augmentations[0]
+    else:  # a method built outside main_pretrain.py (solo-learn's own tests do): the table for the dataset
+        augmentation = omegaconf.OmegaConf.create(NEUTRAL_AUGMENTATION)
+    pipeline = build_transform_pipeline(cfg.data.dataset, augmentation)
     for step in pipeline.transforms:
         if isinstance(step, transforms.Normalize):
             return [float(v) for v in step.mean], [float(v) for v in step.std]
@@ -96,7 +111,8 @@ def split_original_view(module: Any, cfg: omegaconf.DictConfig, required: bool, 
     Args:
         module: the solo-learn method being built (its crop counters are adjusted).
         cfg: the recipe.
-        required: refuse a recipe without the original view (``advcl``).
+        required: refuse a recipe whose `augmentations` lack the original view (``advcl``; a config without
+            `augmentations`, built outside main_pretrain.py, takes the first large crop, with a warning).
         multicrop: whether the method takes solo-learn's extra small crops (multi-crop); when not, a recipe
             with small crops beside the original view is refused.
 
@@ -104,6 +120,19 @@ def split_original_view(module: Any, cfg: omegaconf.DictConfig, required: bool, 
         The index of the original view in the batch's list of crops, or ``None`` when the recipe has none.
     """
     method = cfg.method
+    if "augmentations" not in cfg or not cfg.augmentations:
+        # built outside main_pretrain.py (no augmentations in the config): crops are counted by cfg.data
+        small = int(omegaconf.OmegaConf.select(cfg, "data.num_small_crops", default=0) or 0)
+        if small and not multicrop:
+            raise ValueError(f"method {method!r} does not take solo-learn's small crops (multi-crop): "
+                             f"data.num_small_crops is {small}")  # fmt: skip
+        if required:
+            warnings.warn(
+                f"method {method!r} was built from a config without `augmentations`: AdvCL's original view x is "
+                f"then the first large crop (a strong augmentation, not the paper's mild one); {ORIGINAL_VIEW_HELP}",
+                stacklevel=3,
+            )
+        return None
     entries = list(cfg.augmentations)
     marked = [i for i, a in enumerate(entries) if bool(a.get("original_view", False))]
     if len(marked) > 1:

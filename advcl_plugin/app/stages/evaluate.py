@@ -106,6 +106,7 @@ def _measure(
         "protocol": recipe.protocol,
         "protocol_deviations": deviations,
         "selection": info["selection"],
+        "head_init": info.get("head_init", "default"),
         "dataset": test.name,
         "test_split_images": len(test),
         "exact_pixels": "jpeg" not in test.name.lower(),

@@ -28,6 +28,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
+from advcl_plugin._io import atomic_write_json, read_json
 from advcl_plugin.app.artifacts import RobustClassifier, load_encoder, read_checkpoint, save_classifier, write_record
 from advcl_plugin.app.config import FinetuneConfig, Recipe, protocol_deviations
 from advcl_plugin.app.data import load_split, target_image_size
@@ -141,6 +142,27 @@ def _finetune(
     )
     last = output_dir / "checkpoints" / "last.ckpt"
     resume = last if recipe.resume == "auto" and last.is_file() else None
+    setup = {
+        "mode": mode,
+        "protocol": recipe.protocol,
+        "seed": recipe.seed,
+        "encoder": encoder_info.get("source"),
+        "data": {k: v for k, v in dataclasses.asdict(data).items() if k not in ("num_workers", "root", "data_dir")},
+        "finetune": dataclasses.asdict(config),
+        "precision": recipe.trainer.precision,
+    }
+    setup_path = output_dir / "finetune_setup.json"
+    if resume is not None and setup_path.is_file():
+        saved = read_json(setup_path, remedy="delete it, or finetune again with resume=never")
+        different = {key: (saved.get(key), value) for key, value in setup.items() if saved.get(key) != value}
+        if different:
+            details = "; ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in different.items())
+            raise ValueError(
+                f"{last} was finetuned with other settings ({details}); resuming would not continue the same run. "
+                "Finetune with the checkpoint's settings, or start over with resume=never"
+            )
+    if trainer.is_global_zero:
+        atomic_write_json(setup_path, setup)
     started = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=str(resume) if resume else None)
     deviations = {k: v for k, v in protocol_deviations(recipe, (mode,)).items() if k.startswith("finetune.")}
@@ -158,6 +180,7 @@ def _finetune(
         "protocol_deviations": deviations,
         "classifier": str(path),
         "selection": selection,
+        "head_init": config.head_init,
         "train_images": len(train),
         "seconds": time.perf_counter() - started,
         "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
@@ -171,6 +194,7 @@ def _finetune(
         encoder_info,
         mode=mode,
         selection=selection,
+        head_init=config.head_init,
         image_size=image_size,
         dataset=data.dataset,
         epochs=config.epochs,

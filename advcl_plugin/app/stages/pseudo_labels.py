@@ -24,13 +24,18 @@ def make_pseudo_labels(
     arch: str | None = None,
     width: int = 64,
     route: str | None = None,
+    source_format: str = "auto",
+    input_normalization: str | None = None,
     image_size: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = True,
 ) -> PseudoLabels:
     """Embed the train split of ``data`` with ``encoder`` and k-means its features per K; write ``output``."""
-    backbone, info = load_encoder(encoder, arch=arch, width=width, route=route)
+    backbone, info = load_encoder(
+        encoder, arch=arch, width=width, route=route, source_format=source_format,
+        input_normalization=input_normalization,
+    )  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = load_split(data, "train")
     size = image_size or data.image_size
