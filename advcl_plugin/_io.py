@@ -12,7 +12,7 @@ name themselves, and weights are read as data and checked before anything uses t
   no fallback; :func:`check_weights` refuses tensors that are NaN or infinite, of a dtype no
   network holds, or a batch-norm variance below zero.
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> from advcl_plugin._io import atomic_write_json, read_json
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -119,7 +119,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], dur
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         if is_disk_full(error):
-            raise DiskFullError(error.errno, disk_full_message(path), str(path)) from None  # type: ignore[union-attr]
+            raise DiskFullError(getattr(error, "errno", None), disk_full_message(path), str(path)) from None
         raise
     if durable:
         _sync_directory(path.parent)

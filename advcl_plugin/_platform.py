@@ -1,6 +1,6 @@
 """What the machine can do, and settings that depend on it: native bf16 on a CPU, compiling a backbone.
 
-Example:
+Examples:
     >>> from advcl_plugin._platform import cpu_has_native_bf16
     >>> isinstance(cpu_has_native_bf16(), bool)
     True

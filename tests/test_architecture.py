@@ -4,6 +4,7 @@ trains with every optional dependency made unimportable."""
 
 import ast
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -74,10 +75,11 @@ def test_no_import_cycles():
     "layer_name,allowed",
     [
         ("core", {"core", "_optional", "_io", "_platform"}),
+        ("evaluation", {"core", "evaluation", "_optional", "_io", "_platform"}),
+        ("testing", {"core", "testing"}),
         ("data", {"core", "data", "_io"}),
-        ("lightly", {"core", "data", "lightly", "_optional", "_io", "_platform"}),
-        ("solo", {"core", "data", "solo", "_optional", "_io", "_platform"}),
-        ("tools", {"core", "data", "tools", "_optional", "_io", "_platform"}),
+        ("solo", {"core", "evaluation", "data", "solo", "_optional", "_io", "_platform"}),
+        ("lightly", {"core", "evaluation", "data", "lightly", "_optional", "_io", "_platform"}),
     ],
 )
 def test_dependencies_point_inward(layer_name, allowed):
@@ -86,15 +88,46 @@ def test_dependencies_point_inward(layer_name, allowed):
             continue
         inner = {layer(m) for m in GRAPH[name]} - {"root"}
         assert inner <= allowed, f"{name} imports from {sorted(inner - allowed)}"
-        if layer_name == "core":
+        if layer_name in ("core", "evaluation"):
             outside = {m.split(".")[0] for m in imports(path)} & set(OPTIONAL)
             assert not outside, f"{name} imports {outside}"
 
 
+def test_layers_are_known():
+    """Every module belongs to a layer with a rule above (or is a private helper / the lab)."""
+    ruled = {"core", "evaluation", "testing", "data", "lightly", "solo", "app", "recipes", "root"}
+    private = {"_optional", "_io", "_platform"}
+    assert {layer(name) for name in MODULES} <= ruled | private
+
+
+def test_core_imports_nothing_of_the_evaluation_room():
+    for name, path in MODULES.items():
+        if layer(name) == "core":
+            assert not [m for m in imports(path) if m.startswith("advcl_plugin.evaluation")], name
+
+
+def test_nothing_in_the_package_imports_the_repository_tooling():
+    """benchmarks/ and examples/ are the repository's: nothing under advcl_plugin/ imports them, and the
+    package has no tools module any more."""
+    for name, path in MODULES.items():
+        text = path.read_text()
+        found = {m.split(".")[0] for m in imports(path)} & {"benchmarks", "examples", "tests"}
+        assert not found, f"{name} imports {found}"
+        assert "advcl_plugin.tools" not in text, name
+    assert not (PACKAGE / "tools").exists()
+
+
 def test_paper_numbers_are_written_once():
-    """The K ensemble lives in core/config.py only."""
-    hits = [p for p in PACKAGE.rglob("*.py") if "2, 10, 50, 100, 500" in p.read_text()]
+    """The K ensemble lives in core/config.py only, in whatever spelling (a tuple, a list, a "2,10,..." string)."""
+    ensemble = re.compile(r"\b2\W{1,3}10\W{1,3}50\W{1,3}100\W{1,3}500\b")
+    hits = [p for p in PACKAGE.rglob("*.py") if ensemble.search(p.read_text())]
     assert [p.relative_to(ROOT).as_posix() for p in hits] == ["advcl_plugin/core/config.py"]
+
+    def values(path: Path) -> str:  # the YAML without its comments
+        return "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+
+    recipes = [p for p in (ROOT / "recipes").rglob("*.yaml") if ensemble.search(values(p))]
+    assert recipes == [], "recipes should inherit the ensemble, not repeat it"
 
 
 def test_core_trains_without_any_optional_dependency(tmp_path):

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from advcl_plugin.app.config import available_recipes, load_recipe
+from advcl_plugin.app.recipe import load_recipe
+from advcl_plugin.app.recipe_files import available_recipes
 from advcl_plugin.app.schedule import lr_at, scaled_lr_factor
 
 

@@ -127,9 +127,9 @@ def test_same_generator_same_views_and_uint8_only(images):
 
 def test_recipe_key_selects_the_device_pipeline(data_dir):
     """data.views: device: the loader yields uint8 images and the module makes the views."""
-    from advcl_plugin.app.config import load_recipe
     from advcl_plugin.app.data import pretraining_data
     from advcl_plugin.app.lightning import AdvCLPretrainModule
+    from advcl_plugin.app.recipe import load_recipe
 
     recipe = load_recipe("demo", [f"data.data_dir={data_dir}", "data.views=device", "data.limit=64", "model.width=8",
                                   "method_kwargs.steps=1"])  # fmt: skip

@@ -16,9 +16,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from advcl_plugin.app.artifacts import load_classifier, load_encoder
-from advcl_plugin.app.config import load_recipe, protocol_deviations
+from advcl_plugin.app.protocols import protocol_deviations
+from advcl_plugin.app.recipe import load_recipe
 from advcl_plugin.core.resnet import build_backbone
-from advcl_plugin.core.robustness import robustness_metrics
+from advcl_plugin.evaluation.robustness import robustness_metrics
 
 TINY = ["model.width=4", "data.limit=64", "optim.batch_size=32", "optim.epochs=1", "method=simclr",
         "finetune.slf.epochs=2", "finetune.slf.batch_size=128", "evaluate.samples=16", "evaluate.aa_samples=0",

@@ -19,10 +19,10 @@ import yaml
 from torch.profiler import ProfilerActivity, profile
 
 from advcl_plugin import AdvCLConfig, AdvCLObjective, cifar_resnet18, multi_view_contrastive_loss, pgd_linf
-from advcl_plugin.app.config import TrainerConfig, load_recipe
 from advcl_plugin.app.lightning import AdvCLPretrainModule, rank_rng_state, stage_device
+from advcl_plugin.app.recipe import TrainerConfig, load_recipe
 from advcl_plugin.data.device_views import DeviceAdvCLViews
-from advcl_plugin.tools.device_check import DeviceCheckConfig, is_allocation_failure, run_device_check
+from benchmarks.device_check import DeviceCheckConfig, is_allocation_failure, run_device_check
 
 TINY_DDP = [
     "model.width=4", "data.dataset=cifar10-offline", "data.limit=128", "optim.batch_size=16", "optim.epochs=1",
@@ -35,6 +35,7 @@ TINY_DDP = [
 
 
 # ----------------------------------------------------------------- 1. a DDP study finishes, rank 0 writes once
+@pytest.mark.slow
 def test_a_study_on_two_ddp_processes_finishes_and_writes_each_file_once(tmp_path, data_dir):
     study = {
         "name": "ddp",
@@ -241,7 +242,7 @@ def test_the_hfc_view_keeps_the_memory_format():
 
 # ----------------------------------------------------------------- 2. a device check that cannot lose its results
 def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path, data_dir, monkeypatch):
-    from advcl_plugin.tools import device_check
+    from benchmarks import device_check
 
     def broken(check):
         raise RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED (a part that breaks)")
@@ -252,8 +253,9 @@ def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path, data_dir,
     monkeypatch.setattr(
         device_check,
         "atomic_write_text",
-        lambda path, text: (saved.append(json.loads(text)) if str(path).endswith(".json") else None)
-        or real_write(path, text),
+        lambda path, text: (
+            (saved.append(json.loads(text)) if str(path).endswith(".json") else None) or real_write(path, text)
+        ),
     )
     check = DeviceCheckConfig.dry(data_dir=str(data_dir))
     result = run_device_check(check, tmp_path, mode="dry-cpu", parts=("step", "views", "autoattack"))

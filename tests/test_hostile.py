@@ -37,7 +37,7 @@ from advcl_plugin import (
     pseudo_label_loss,
 )
 from advcl_plugin.app.artifacts import load_classifier, load_encoder, save_encoder
-from advcl_plugin.app.config import load_recipe
+from advcl_plugin.app.recipe import load_recipe
 from advcl_plugin.app.rundir import LOCK_NAME, check_run_name, is_global_zero_process, run_directory_lock
 from advcl_plugin.data import load_dataset
 
@@ -533,7 +533,7 @@ def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(tmp_path):
     ids=["recursive", "deep", "large"],
 )
 def test_other_oversized_yaml_is_refused(tmp_path, text, message):
-    from advcl_plugin.app.config import read_yaml
+    from advcl_plugin.app.recipe_files import read_yaml
 
     (tmp_path / "r.yaml").write_text(text)
     with pytest.raises(ValueError, match=message):

@@ -127,11 +127,12 @@ def test_lightly_linear_classifier_trains_on_the_exported_backbone(data_dir):
     assert "train_loss" in trainer.callback_metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["advcl_lightly.py", "byol_adversarial_view.py"])
 def test_examples_train_on_real_images(script, tmp_path, data_dir):
     env = dict(os.environ, ADVCL_DATA_DIR=str(data_dir))
     result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "lightly" / script), "--max-steps", "2", "--limit", "128",
+        [sys.executable, str(ROOT / "examples" / "lightly" / script), "--max-steps", "2", "--limit", "128",
          "--batch-size", "32", "--width", "8", "--linear-epochs", "1", "--test-samples", "64", "--aa-samples", "16",
          "--out", str(tmp_path / "metrics.json")],
         capture_output=True, text=True, env=env, timeout=600,
@@ -144,13 +145,13 @@ def test_examples_train_on_real_images(script, tmp_path, data_dir):
     assert metrics["samples"] == 64 and metrics["aa_samples"] == 16
 
 
-def test_readme_snippet_runs_as_written(tmp_path, monkeypatch, data_dir):
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Use with lightly", 1)[1].split("\n## ", 1)[0]
+def test_guide_snippet_runs_as_written(tmp_path, monkeypatch, data_dir):
+    text = (ROOT / "docs" / "guides" / "lightly.md").read_text()
+    section = text.split("# Use with lightly", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert blocks, "no python snippet in the 'Use with lightly' section"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ADVCL_DATA_DIR", str(data_dir))
     namespace: dict = {}
-    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    exec(compile(blocks[0], "docs/guides/lightly.md", "exec"), namespace)
     assert torch.isfinite(namespace["loss"])

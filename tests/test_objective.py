@@ -5,7 +5,7 @@ import torch
 
 from advcl_plugin import AdvCLConfig, AdvCLObjective, MultiViewNTXentLoss, bn_route, cifar_resnet18, high_frequency
 from advcl_plugin.core.routed_bn import routed_bn_layers
-from advcl_plugin.tools.reference_objective import ReferenceAdvCLObjective
+from advcl_plugin.testing import AuthorsLoopObjective
 
 KS = (2, 10, 50, 100, 500)
 
@@ -24,17 +24,17 @@ def make(cls=AdvCLObjective, **kwargs):
 
 def reference_copy(objective):
     """The authors' loop with the same weights."""
-    reference = ReferenceAdvCLObjective(copy.deepcopy(objective.backbone), objective.config)
+    reference = AuthorsLoopObjective(copy.deepcopy(objective.backbone), objective.config)
     reference.load_state_dict(objective.state_dict())
     return reference
 
 
-def test_optimised_and_naive_loops_agree():
+def test_optimised_objective_and_authors_loop_agree():
     optimised = make(steps=3)
-    naive = reference_copy(optimised)
+    authors_loop = reference_copy(optimised)
     x, t1, t2, labels = batch()
     results = []
-    for objective in (optimised, naive):
+    for objective in (optimised, authors_loop):
         out = objective(x, t1, t2, labels, generator=torch.Generator().manual_seed(7))
         loss, logs = out.loss, out.logs
         loss.backward()
@@ -47,7 +47,7 @@ def test_optimised_and_naive_loops_agree():
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-5, msg=name)
     # the downstream ("pgd") route sees the same forward passes in both loops
-    for layer_a, layer_b in zip(routed_bn_layers(optimised.backbone), routed_bn_layers(naive.backbone)):
+    for layer_a, layer_b in zip(routed_bn_layers(optimised.backbone), routed_bn_layers(authors_loop.backbone)):
         torch.testing.assert_close(layer_a.route_layer("pgd").running_mean, layer_b.route_layer("pgd").running_mean)
 
 
@@ -158,9 +158,9 @@ def test_feature_dim_inferred_for_torchvision_backbone():
 
 def test_output_gives_the_clean_views_backbone_features():
     optimised = make(steps=1)
-    naive = reference_copy(optimised)
+    authors_loop = reference_copy(optimised)
     x, t1, t2, labels = batch()
-    outputs = [o(x, t1, t2, labels, generator=torch.Generator().manual_seed(3)) for o in (optimised, naive)]
+    outputs = [o(x, t1, t2, labels, generator=torch.Generator().manual_seed(3)) for o in (optimised, authors_loop)]
     for out in outputs:
         assert len(out.clean_features) == 3 and out.clean_features[0].shape == (8, optimised.feature_dim)
         assert len(out.adversarial) == 2 and out.adversarial[0].shape == x.shape

@@ -43,7 +43,7 @@ def test_padded_crop_keeps_pixel_range(padding):
 def test_evaluation_subset_is_evenly_spaced_and_deterministic():
     from torch.utils.data import DataLoader, TensorDataset
 
-    from advcl_plugin.core.robustness import evaluation_subset
+    from advcl_plugin.evaluation.robustness import evaluation_subset
 
     labels = torch.arange(10).repeat_interleave(10)  # stored class by class, like an ImageFolder
     loader = DataLoader(TensorDataset(torch.zeros(100, 1), labels), batch_size=7)

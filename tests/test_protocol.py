@@ -8,9 +8,10 @@ import torch.nn.functional as F
 
 from advcl_plugin import cifar_resnet18
 from advcl_plugin.app.artifacts import load_encoder, robustssl_state_dict
-from advcl_plugin.app.config import load_recipe, protocol_deviations
+from advcl_plugin.app.protocols import protocol_deviations
+from advcl_plugin.app.recipe import load_recipe
 from advcl_plugin.core.resnet import build_backbone
-from advcl_plugin.core.trades import trades_kl_attack, trades_loss
+from advcl_plugin.evaluation.trades import trades_kl_attack, trades_loss
 from advcl_plugin.lightly.classifiers import AdversarialFinetuneClassifier
 
 
@@ -198,3 +199,21 @@ def test_outside_encoders_are_read_as_data(tmp_path):
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "args": argparse.Namespace()}, tmp_path / "pickled.pt")
     with pytest.raises(ValueError, match="refuses to load"):
         load_encoder(tmp_path / "pickled.pt", arch="resnet18", source_format="robustssl", input_normalization="none")
+
+
+def test_classifier_hyperparameters_stay_plain_data_for_weights_only_checkpoints(tmp_path):
+    """lightly's save_hyperparameters() collects our init arguments too: the schedule must be saved as plain
+    values, or a checkpoint (e.g. the best held-out epoch) cannot be read weights-only."""
+    import torch
+
+    from advcl_plugin.evaluation import robustssl_protocol
+    from advcl_plugin.lightly import AdversarialFinetuneClassifier, RobustLinearClassifier
+
+    backbone = cifar_resnet18(width=4)
+    for module in (
+        RobustLinearClassifier(backbone, 32, 10, robustssl_protocol("advcl").schedule("slf"), adversarial=True),
+        AdversarialFinetuneClassifier(backbone, 32, 10, lr=0.05),
+    ):
+        torch.save({"hyper_parameters": dict(module.hparams)}, tmp_path / "h.pt")
+        saved = torch.load(tmp_path / "h.pt", weights_only=True)["hyper_parameters"]
+        assert saved["schedule"]["lr"] == module.schedule.lr and "changes" not in saved

@@ -27,7 +27,7 @@ if not SOLO_ROOT or not (Path(SOLO_ROOT) / "main_pretrain.py").is_file():
 
 from advcl_plugin import PseudoLabels, cluster_pseudo_labels  # noqa: E402
 from advcl_plugin.app.artifacts import load_encoder  # noqa: E402
-from advcl_plugin.app.config import DataConfig  # noqa: E402
+from advcl_plugin.app.recipe import DataConfig  # noqa: E402
 from advcl_plugin.app.stages.make_folder import write_image_folder  # noqa: E402
 from advcl_plugin.core.routed_bn import bn_route, export_bn_route  # noqa: E402
 from advcl_plugin.data import load_dataset  # noqa: E402
@@ -94,6 +94,7 @@ def logged(cwd: Path, name: str) -> list[float]:
     return [float(row[name]) for row in rows if row.get(name)]
 
 
+@pytest.mark.slow
 def test_stock_scripts_with_only_the_registration_import(folder, tmp_path, data_dir):
     """main_pretrain.py and main_linear.py, unmodified, with `import advcl_plugin.solo` and no compat patch."""
     stock_script(
@@ -172,7 +173,7 @@ def test_every_method_trains_with_knn_and_probe_on_the_exported_route(folder, tm
     else:
         recipe = ["--config-name", f"{method}_cifar10", "data.dataset=custom", "data.num_workers=0",
                   "optimizer.batch_size=16", "max_epochs=1", "+limit_train_batches=2", "accelerator=cpu", "devices=1",
-                  "sync_batchnorm=false", "precision=32-true", "method_kwargs.adv_steps=2",
+                  "sync_batchnorm=false", "precision=32-true", "method_kwargs.steps=2",
                   "+performance.disable_channel_last=true"]  # fmt: skip
         if method == "mocov2plus_adv":
             recipe.append("method_kwargs.queue_size=64")
@@ -188,6 +189,7 @@ def test_every_method_trains_with_knn_and_probe_on_the_exported_route(folder, tm
         assert any(k.startswith("momentum_backbone.") and ".aux_routes.normal." in k for k in state)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_with_solo_learns_auto_resume(folder, tmp_path):
     args = [
         "pretrain", "--config-path", PKG, "--config-name", "advcl_tiny_cpu", f"data.train_path={folder / 'train'}",
@@ -227,7 +229,7 @@ def compose(name: str, overrides: list[str], edit=None):
 
 def variant_cfg(method: str, folder: Path, overrides=(), edit=None):
     tiny = [f"data.train_path={folder / 'train'}", "data.dataset=custom", "data.val_path=null", "accelerator=cpu",
-            "devices=1", "method_kwargs.adv_steps=1", "++knn_eval.enabled=true"]  # fmt: skip
+            "devices=1", "method_kwargs.steps=1", "++knn_eval.enabled=true"]  # fmt: skip
     if method == "mocov2plus_adv":
         tiny.append("method_kwargs.queue_size=64")
     return compose(f"{method}_cifar10", [*tiny, *overrides], edit)
@@ -382,7 +384,7 @@ def test_sync_batchnorm_keeps_every_route(folder):
 
     import advcl_plugin.solo
     from advcl_plugin.core.routed_bn import RoutedSyncBatchNorm as RoutedSyncLayer
-    from advcl_plugin.solo.common import RoutedSyncBatchNorm
+    from advcl_plugin.solo.common import RoutedLayerSync
 
     model = advcl_plugin.solo.AdvCL(advcl_cfg(folder, ["+method_kwargs.use_pseudo_labels=false"]))
     trainer = Trainer(accelerator="cpu", devices=1, strategy="ddp", sync_batchnorm=True, logger=False)
@@ -391,7 +393,7 @@ def test_sync_batchnorm_keeps_every_route(folder):
     assert routes == ("normal", "pgd")
     model.trainer = trainer
     model.setup("fit")
-    assert isinstance(trainer.strategy._layer_sync, RoutedSyncBatchNorm)
+    assert isinstance(trainer.strategy._layer_sync, RoutedLayerSync)
     converted = trainer.strategy._layer_sync.apply(model)
     assert isinstance(converted.backbone.bn1, RoutedSyncLayer)
     assert converted.backbone.bn1.route_names == routes and converted.backbone.bn1.primary_route == "pgd"

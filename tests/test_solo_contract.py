@@ -31,6 +31,7 @@ from torchvision.datasets import FakeData  # noqa: E402
 
 import advcl_plugin.solo  # noqa: E402,F401  (registers the methods)
 from advcl_plugin import PseudoLabels  # noqa: E402
+from advcl_plugin.solo.adversarial import ADVERSARIAL_DEFAULTS  # noqa: E402
 from advcl_plugin.solo.compat import apply_lightning_compat  # noqa: E402
 
 apply_lightning_compat()  # current Lightning / torchmetrics for solo-learn 1.0.6 (what advcl-solo does)
@@ -41,12 +42,12 @@ VICREG = {"sim_loss_weight": 25.0, "var_loss_weight": 25.0, "cov_loss_weight": 1
 #: method -> (method_kwargs, momentum encoder, the output dimension of "z")
 METHODS: dict[str, tuple[dict, bool, int]] = {
     "advcl": ({"ks": [2, 10], "proj_output_dim": 16, "steps": 1}, False, 16),
-    "simclr_adv": ({**PROJECTION, "temperature": 0.2, "adv_steps": 1}, False, 16),
-    "byol_adv": ({**PROJECTION, "pred_hidden_dim": 32, "adv_steps": 1}, True, 16),
-    "mocov2plus_adv": ({**PROJECTION, "temperature": 0.2, "queue_size": 64, "adv_steps": 1}, True, 16),
-    "vicreg_adv": ({**PROJECTION, **VICREG, "adv_steps": 1}, False, 16),
-    "simsiam_adv": ({**PROJECTION, "pred_hidden_dim": 32, "adv_steps": 1}, False, 16),
-    "barlow_twins_adv": ({**PROJECTION, "lamb": 0.0051, "scale_loss": 0.1, "adv_steps": 1}, False, 16),
+    "simclr_adv": ({**PROJECTION, "temperature": 0.2, "steps": 1}, False, 16),
+    "byol_adv": ({**PROJECTION, "pred_hidden_dim": 32, "steps": 1}, True, 16),
+    "mocov2plus_adv": ({**PROJECTION, "temperature": 0.2, "queue_size": 64, "steps": 1}, True, 16),
+    "vicreg_adv": ({**PROJECTION, **VICREG, "steps": 1}, False, 16),
+    "simsiam_adv": ({**PROJECTION, "pred_hidden_dim": 32, "steps": 1}, False, 16),
+    "barlow_twins_adv": ({**PROJECTION, "lamb": 0.0051, "scale_loss": 0.1, "steps": 1}, False, 16),
 }
 
 
@@ -139,7 +140,8 @@ def test_outputs_and_parameters_follow_solo_learns_contract(method, labels_file)
         return
     parent_cfg = base_cfg(method, None)
     parent_cfg.method = parent
-    parent_cfg.method_kwargs = {k: v for k, v in parent_cfg.method_kwargs.items() if not k.startswith("adv_")}
+    own = set(ADVERSARIAL_DEFAULTS)
+    parent_cfg.method_kwargs = {k: v for k, v in parent_cfg.method_kwargs.items() if k not in own}
     reference = solo.methods.METHODS[parent](parent_cfg)
     for mine, theirs in ((out, reference(batch)), (multicrop, reference.multicrop_forward(small))):
         assert set(theirs) <= set(mine)
@@ -154,7 +156,19 @@ def test_advcl_sets_every_default_in_the_config(labels_file):
     assert kwargs.projection_dim == 128 and kwargs.proj_output_dim == 16  # solo-learn's name wins for the head
     cfg = base_cfg("simclr_adv", labels_file)
     build(cfg)
-    assert cfg.method_kwargs.adv_eps == pytest.approx(8 / 255) and cfg.method_kwargs.adv_steps == 1
+    assert cfg.method_kwargs.eps == pytest.approx(8 / 255) and cfg.method_kwargs.steps == 1
+
+
+def test_variants_still_read_the_old_adv_keys_with_a_warning(labels_file):
+    cfg = base_cfg("simclr_adv", labels_file)
+    cfg.method_kwargs = {k: v for k, v in cfg.method_kwargs.items() if k != "steps"} | {"adv_steps": 2}
+    with pytest.warns(DeprecationWarning, match="method_kwargs.adv_steps is deprecated.*method_kwargs.steps"):
+        method = solo.methods.METHODS[cfg.method](cfg)
+    assert method.adversarial["steps"] == 2 and "adv_steps" not in cfg.method_kwargs
+    both = base_cfg("simclr_adv", labels_file)
+    both.method_kwargs = dict(both.method_kwargs) | {"adv_steps": 2}
+    with pytest.raises(ValueError, match="both adv_steps and steps"):
+        build(both)
 
 
 @pytest.mark.parametrize("dataset", ["imagenet100", "cifar10"])
@@ -175,7 +189,7 @@ def test_every_method_fits_solo_learn_style_dummy_data(method, dataset, labels_f
     if method == "advcl":
         assert args["method_kwargs"]["eps"] == pytest.approx(8 / 255)
     else:
-        assert args["method_kwargs"]["adv_weight"] == 1.0
+        assert args["method_kwargs"]["adversarial_weight"] == 1.0
     (checkpoint_file,) = (tmp_path / "trained_models").rglob("*.ckpt")
     state = torch.load(checkpoint_file, map_location="cpu", weights_only=True)["state_dict"]
     assert "backbone.conv1.weight" in state and "backbone.bn1.weight" in state  # the exported route, native names

@@ -8,7 +8,8 @@ import sys
 import pytest
 import yaml
 
-from advcl_plugin.app.config import available_recipes, available_studies, load_recipe
+from advcl_plugin.app.recipe import load_recipe
+from advcl_plugin.app.recipe_files import available_recipes, available_studies
 from advcl_plugin.app.study import load_study, verdicts
 
 
@@ -66,6 +67,7 @@ def test_verdicts_give_the_seed_spread_and_take_the_wider_interval():
     assert rows[0]["verdict"].startswith("inconclusive")
 
 
+@pytest.mark.slow
 def test_tiny_study_runs_and_continues(tmp_path, data_dir):
     tiny = [
         "model.width=4", "data.dataset=cifar10-offline", "data.limit=128", "optim.batch_size=64", "optim.epochs=1",
@@ -140,3 +142,56 @@ def test_study_arms_option_refuses_an_unknown_arm_before_any_work(tmp_path, monk
         main(["study", "-c", "s.yaml", "--arms", "a,nope"])
     assert "unknown arm(s) ['nope']; the study has ['a', 'b']" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_claims_come_from_the_study_file_and_name_its_arms(tmp_path):
+    from advcl_plugin.app.study import StudyClaim
+
+    def result(ra, n=1000):
+        return {"slf": {"ra": ra, "sa": 0.5, "samples": n}}
+
+    at_least = [StudyClaim("warm >= cold", "warm", "cold", kind="at_least")]
+    assert verdicts({"warm": result(0.19), "cold": result(0.20)}, claims=at_least)[0]["verdict"].startswith(
+        "holds, not significantly worse"
+    )  # -1 pt on 1,000 images is within the interval
+    assert verdicts({"warm": result(0.10), "cold": result(0.20)}, claims=at_least)[0]["verdict"].startswith(
+        "does not hold"
+    )
+    assert verdicts({"warm": result(0.10), "cold": result(0.20)}, claims=[]) == []
+    assert {c.kind for c in load_study("study/cpu_cost").claims} == {"at_least", "better"}
+    study = tmp_path / "s.yaml"
+    claims = "claims: [{claim: x, better: a, worse: b}]\n"
+    study.write_text("name: s\nbase: demo\narms: [{name: a, method: advcl}]\n" + claims)
+    with pytest.raises(ValueError, match=r"names arm\(s\) \['b'\] the study does not have"):
+        load_study(str(study))
+
+
+def test_compute_table_counts_adversarial_compute_against_cold_advcl():
+    from advcl_plugin.app.compute import arm_compute
+    from advcl_plugin.app.study import _compute_table
+
+    advcl, simclr = {"step_gflop": 30.0, "attack_gflop": 20.0}, {"step_gflop": 5.0, "attack_gflop": 0.0}
+    clean = arm_compute(simclr, 1000, 100.0)
+    computed = {
+        "advcl-cold": arm_compute(advcl, 1000, 700.0),
+        "simclr": clean,
+        "advcl-warm-333": arm_compute(advcl, 333, 240.0, start=clean),
+    }
+    lines, data = _compute_table(load_study("study/cpu_cost"), computed)
+    assert data["reference"] == "advcl-cold"
+    warm = data["arms"]["advcl-warm-333"]
+    assert warm["adversarial_vs_reference"] == pytest.approx(0.333)
+    assert warm["total_tflop"] == pytest.approx(30.0 * 333 / 1e3 + 5.0)
+    assert warm["total_seconds"] == pytest.approx(340.0)
+    assert data["arms"]["simclr"]["adversarial_vs_reference"] == 0.0
+    assert any(line.startswith("| advcl-warm-333 | 333 |") for line in lines)
+
+
+def test_step_flops_split_the_attack_from_the_rest():
+    from advcl_plugin.app.compute import step_flops
+
+    tiny = ["model.width=4", "optim.batch_size=4", "method_kwargs.ks=[2]"]
+    one, two = (step_flops(load_recipe("demo", [*tiny, f"method_kwargs.steps={k}"])) for k in (1, 2))
+    assert two["attack_gflop"] == pytest.approx(2 * one["attack_gflop"], rel=1e-6)  # linear in the PGD steps
+    assert two["step_gflop"] - one["step_gflop"] == pytest.approx(one["attack_gflop"], rel=1e-6)
+    assert step_flops(load_recipe("demo", [*tiny, "method=simclr"]))["attack_gflop"] == 0.0

@@ -15,7 +15,7 @@ import torch
 
 from advcl_plugin import AdvCLConfig, AdvCLObjective, AdversarialView, PseudoLabels, cifar_resnet18, pgd_linf
 from advcl_plugin.app.artifacts import load_classifier, load_encoder, read_checkpoint
-from advcl_plugin.app.config import load_recipe
+from advcl_plugin.app.recipe import load_recipe
 from advcl_plugin.core.frequency import check_radius
 
 TINY = ["model.width=8", "data.limit=128", "optim.batch_size=64", "optim.epochs=1", "method_kwargs.steps=1"]

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from advcl_plugin import __version__
+from advcl_plugin.core.config import KS_ENSEMBLE
+from advcl_plugin.data.arguments import add_data_arguments
 
 EPILOG = "Recipes: a YAML path or a shipped name (demo, cifar10, cifar100, transfer_cifar10_stl10, study_base_cpu...)."
 
@@ -48,7 +50,7 @@ def _encoder_format_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from advcl_plugin.app.config import load_recipe
+    from advcl_plugin.app.recipe import load_recipe
 
     return load_recipe(args.config, args.overrides, protocol=getattr(args, "protocol", None))
 
@@ -61,7 +63,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_pseudo_labels(args: argparse.Namespace) -> None:
-    from advcl_plugin.app.config import DataConfig
+    from advcl_plugin.app.recipe import DataConfig
     from advcl_plugin.app.stages.pseudo_labels import make_pseudo_labels
 
     data = DataConfig(
@@ -85,7 +87,7 @@ def cmd_pseudo_labels(args: argparse.Namespace) -> None:
 
 
 def cmd_make_folder(args: argparse.Namespace) -> None:
-    from advcl_plugin.app.config import DataConfig
+    from advcl_plugin.app.recipe import DataConfig
     from advcl_plugin.app.stages.make_folder import write_image_folder
 
     data = DataConfig(dataset=args.dataset, root=args.root, download=args.download, data_dir=args.data_dir)
@@ -138,64 +140,22 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    import torch
+    """Run the repository's benchmarks (``python -m benchmarks``) from a source checkout; they are a maintainers'
+    tool and are not installed with the package."""
+    import subprocess
 
-    if args.device_check:
-        import dataclasses
-
-        from advcl_plugin.tools.device_check import PARTS, DeviceCheckConfig, format_markdown, run_device_check
-
-        data_dir = args.data_dir or os.environ.get("ADVCL_DATA_DIR")
-        if args.dry_run:
-            check = DeviceCheckConfig.dry(data_dir=data_dir)
-        else:
-            if not torch.cuda.is_available() and args.device != "cpu":
-                raise ValueError("--device-check needs a GPU (or --dry-run for the CPU smoke test, or --device cpu)")
-            check = DeviceCheckConfig(device=args.device or "cuda", data_dir=data_dir)
-        sizes = {
-            "pretrain_seconds": args.pretrain_seconds,
-            "view_seconds": args.view_seconds,
-            "num_workers": args.num_workers,
-            "aa_samples": args.aa_samples,
-            "max_batch_size": args.max_batch_size,
-            "rounds": args.check_rounds,
-        }
-        check = dataclasses.replace(check, **{k: v for k, v in sizes.items() if v is not None})
-        if args.no_compile:
-            check = dataclasses.replace(check, compile=False)
-        if args.no_largest_batch:
-            check = dataclasses.replace(check, largest_batch=False)
-        if args.budget_seconds is not None:
-            check = check.for_budget(args.budget_seconds)
-        parts = tuple(p.strip() for p in args.parts.split(",") if p.strip()) if args.parts else PARTS
-        result = run_device_check(check, args.out_dir, mode="dry-cpu" if args.dry_run else "device", parts=parts)
-        print(format_markdown(result))
-        return
-
-    from advcl_plugin.tools.bench import BenchConfig, attack_precision_check, default_configs, format_table, run_bench
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    bench = BenchConfig(
-        arch=args.arch,
-        width=args.width,
-        batch_size=args.batch_size,
-        device=device,
-        rounds=args.rounds,
-        warmup=args.warmup,
-        configs=default_configs(bf16=not args.no_bf16, compile_=args.compile),
-    )
-    result = run_bench(bench, progress=not args.quiet)
-    if not args.no_bf16:
-        result["attack_precision"] = attack_precision_check(bench)
-    table = format_table(result)
-    print(table)
-    if args.out:
-        from advcl_plugin._io import atomic_write_json, atomic_write_text
-
-        atomic_write_json(args.out, result)
-        atomic_write_text(Path(args.out).with_suffix(".md"), table + "\n")
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        raise ValueError(
+            "advcl bench runs the benchmarks of the source repository (benchmarks/, not installed with the package): "
+            "clone the repository, install it (pip install -e .) and run `advcl bench` or `python -m benchmarks` there"
+        )
+    path = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": path, "ADVCL_BENCH_PROG": "advcl bench"}
+    quiet = ["--quiet"] if args.quiet else []
+    result = subprocess.run([sys.executable, "-m", "benchmarks", *quiet, *args.bench_args], env=env)
+    if result.returncode:
+        raise SystemExit(result.returncode)
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -210,7 +170,7 @@ def cmd_study(args: argparse.Namespace) -> None:
 
 
 def cmd_selfcheck(args: argparse.Namespace) -> None:
-    from advcl_plugin.tools import selfcheck
+    from advcl_plugin.app import selfcheck
 
     selfcheck.run(args)
 
@@ -235,22 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=64, help="width of a cifar_resnet18 state dict")
     p.add_argument("--route", default=None, help="BN route of a pretraining checkpoint (default: the method's)")
     _encoder_format_arguments(p)
-    p.add_argument("--dataset", required=True, help="dataset whose train split is clustered")
-    p.add_argument("--root", default="./data")
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--data-dir", default=None, help="offline data folder (default: $ADVCL_DATA_DIR)")
+    add_data_arguments(p, dataset_help="dataset whose train split is clustered")
     p.add_argument("--limit", type=int, default=None, help="first N training images only")
     p.add_argument("--image-size", type=int, default=None, help="resize images to this size")
-    p.add_argument("--ks", default="2,10,50,100,500", help="comma-separated cluster counts")
+    p.add_argument(
+        "--ks", default=",".join(map(str, KS_ENSEMBLE)), help="comma-separated cluster counts (default: the paper's)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .npz")
     p.set_defaults(handler=cmd_pseudo_labels)
 
     p = commands.add_parser("make-folder", help="write a dataset as an ImageFolder (train/, val/), e.g. for solo-learn")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--root", default="./data")
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--data-dir", default=None, help="offline data folder (default: $ADVCL_DATA_DIR)")
+    add_data_arguments(p)
     p.add_argument("--train", type=int, default=None, help="first N train images (default: all)")
     p.add_argument("--test", type=int, default=None, help="first N test images (default: all)")
     p.add_argument("--out", required=True)
@@ -299,40 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", default=None, help="comma-separated arms to run or continue (default: all)")
     p.set_defaults(handler=cmd_study)
 
-    p = commands.add_parser("bench", help="time the AdvCL step: optimised vs naive, fp32 vs bf16, vs SimCLR")
-    p.add_argument("--arch", default="cifar_resnet18")
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds (one step of every configuration each)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--no-bf16", action="store_true", help="time fp32 only")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile of the backbone")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", default=None, help="write the results as JSON (and the table as .md)")
-    p.add_argument(
-        "--device-check",
-        action="store_true",
-        help="the prepared GPU check (step at batch 512 in four settings, largest batch, data path, 2 minutes of "
-        "real pretraining, AutoAttack throughput), written to --out-dir as JSON and Markdown; about 8 minutes",
+    p = commands.add_parser(
+        "bench",
+        help="(source checkout) time the AdvCL step, or run the GPU device check: `advcl bench --help` for options",
+        add_help=False,
     )
-    p.add_argument("--dry-run", action="store_true", help="with --device-check: tiny sizes on the CPU (seconds)")
-    p.add_argument("--out-dir", default="device-check", help="with --device-check: where the JSON/Markdown go")
-    p.add_argument("--data-dir", default=None, help="with --device-check: offline data (default: $ADVCL_DATA_DIR)")
-    check = p.add_argument_group("device check sizes (each part is saved as it finishes)")
-    check.add_argument("--budget-seconds", type=float, default=None, help="size the parts to fit this many seconds")
-    check.add_argument("--parts", default=None, help="comma-separated parts to run (default: all)")
-    check.add_argument("--pretrain-seconds", type=float, default=None, help="real pretraining time (default 120)")
-    check.add_argument("--view-seconds", type=float, default=None, help="time per data-path measurement (default 10)")
-    check.add_argument("--num-workers", type=int, default=None, help="data-loader workers (default 16)")
-    check.add_argument("--aa-samples", type=int, default=None, help="AutoAttack images (default 1000)")
-    check.add_argument("--max-batch-size", type=int, default=None, help="largest batch tried (default 8192)")
-    check.add_argument("--check-rounds", type=int, default=None, help="timed rounds of the step (default 3)")
-    check.add_argument("--no-compile", action="store_true", help="skip the torch.compile step")
-    check.add_argument("--no-largest-batch", action="store_true", help="skip the largest-batch search")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of python -m benchmarks")
     p.set_defaults(handler=cmd_bench)
 
-    from advcl_plugin.tools import selfcheck
+    from advcl_plugin.app import selfcheck
 
     p = commands.add_parser("selfcheck", help="a few AdvCL steps on real CIFAR-10 images, printing the loss terms")
     selfcheck.add_arguments(p)
@@ -341,7 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    if "bench" in argv and set(argv[: argv.index("bench")]) <= {"--quiet", "-q"}:
+        # every option after `bench` belongs to the benchmarks (python -m benchmarks parses them)
+        at = argv.index("bench")
+        args = argparse.Namespace(command="bench", quiet=bool(argv[:at]), bench_args=argv[at + 1 :])
+        args.handler = cmd_bench
+        return _run(args)
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow the options (`-c demo --mode aff finetune.aff.epochs=1`)
     unknown = [item for item in extra if "=" not in item or item.startswith("-")]
@@ -349,6 +287,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
     try:
         args.handler(args)
     except (FileNotFoundError, ValueError, FloatingPointError) as error:

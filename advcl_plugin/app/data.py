@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
-from advcl_plugin.app.config import DataConfig, PseudoLabelConfig
+from advcl_plugin.app.recipe import DataConfig, PseudoLabelConfig
 from advcl_plugin.data import (
     AdvCLViews,
     IndexedDataset,
@@ -86,9 +86,14 @@ def load_split(config: DataConfig, split: str, transform: Callable | None = None
         data_dir=config.data_dir,
         transform=transform,
     )
-    if split == "train" and config.limit is not None and config.limit < len(dataset):
-        dataset = dataset.subset(np.arange(config.limit), name=f"{dataset.name}[:{config.limit}]")
-    return dataset
+    return first_images(dataset, config.limit) if split == "train" else dataset
+
+
+def first_images(dataset: LabeledImageDataset, limit: int | None) -> LabeledImageDataset:
+    """The first ``limit`` images of ``dataset`` (``data.limit``; all of them when ``limit`` is None or larger)."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    return dataset.subset(np.arange(limit), name=f"{dataset.name}[:{limit}]")
 
 
 def pretraining_data(
@@ -97,9 +102,7 @@ def pretraining_data(
     """The indexed training set with AdvCL's views (or, for ``data.views: device``, uint8 images), and its
     pseudo labels (N, len(ks)) if ``ks``."""
     full = load_dataset(data.dataset, "train", root=data.root, download=data.download, data_dir=data.data_dir)
-    dataset = full
-    if data.limit is not None and data.limit < len(full):
-        dataset = full.subset(np.arange(data.limit), name=f"{full.name}[:{data.limit}]")
+    dataset = first_images(full, data.limit)
     labels = None
     if ks:
         assert pseudo_labels is not None

@@ -11,7 +11,7 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -22,20 +22,21 @@ from pytorch_lightning.plugins.layer_sync import LayerSync
 
 from advcl_plugin._io import atomic_torch_save
 from advcl_plugin._platform import compile_backbone, cpu_has_native_bf16
-from advcl_plugin.app.config import Recipe, TrainerConfig, load_recipe
 from advcl_plugin.app.data import target_image_size
 from advcl_plugin.app.processes import local_rank
+from advcl_plugin.app.recipe import Recipe, TrainerConfig, load_recipe
+from advcl_plugin.app.recipe_files import flat_keys
 from advcl_plugin.app.schedule import lr_at, scaled_lr_factor
 from advcl_plugin.core.objective import AdvCLObjective
 from advcl_plugin.core.resnet import build_backbone
-from advcl_plugin.core.routed_bn import convert_routed_sync_batchnorm
+from advcl_plugin.core.routed_bn import routed_layer_sync
 from advcl_plugin.data.device_views import DeviceAdvCLViews
 
 __all__ = [
     "AdvCLPretrainModule",
     "AtomicCheckpointIO",
     "NumberedSnapshots",
-    "RoutedSyncBatchNorm",
+    "RoutedLayerSync",
     "capture_rng_state",
     "check_same_setup",
     "restore_rng_state",
@@ -56,21 +57,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(path)
 
 
-class RoutedSyncBatchNorm(LayerSync):
-    """Lightning's ``sync_batchnorm`` for routed BN: every route of every routed layer synchronised
-    (Lightning's own plugin would replace a routed layer by a plain SyncBatchNorm)."""
-
-    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
-        return convert_routed_sync_batchnorm(model)
-
-    def revert(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model
+#: Lightning's ``sync_batchnorm`` for routed BN (every route of every routed layer synchronised)
+RoutedLayerSync = routed_layer_sync(LayerSync)
 
 
 def capture_rng_state() -> dict[str, Any]:
     """Random states of torch, numpy and python as tensors and plain values (loadable with
     ``torch.load(weights_only=True)``)."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
+    kind, keys, position, has_gauss, cached = cast(tuple[str, Any, int, int, float], np.random.get_state())
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)],
@@ -123,21 +117,10 @@ _FREE_KEYS = (
 )  # fmt: skip
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value and key != "method_kwargs":
-            flat |= _flatten(value, f"{name}.")
-        else:
-            flat[name] = value
-    return flat
-
-
 def check_same_setup(saved: dict[str, Any], current: dict[str, Any], path: str | os.PathLike) -> None:
     """Refuse to resume a run from a checkpoint whose settings would give another trajectory (method,
     network, data, seed, optimiser, schedule, precision ...), naming every difference and the ways out."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = (flat_keys(tree, leaves=("method_kwargs",)) for tree in (saved, current))
     free = tuple(f"{key}." for key in _FREE_KEYS)
     different = {
         key: (old.get(key), new.get(key))
@@ -156,17 +139,18 @@ class AdvCLPretrainModule(pl.LightningModule):
     """Lightning module training the objective of a recipe's method (AdvCL or a baseline).
 
     Args:
-        recipe: the recipe as a dict (saved in the checkpoint's hyper-parameters).
+        recipe: the validated :class:`~advcl_plugin.app.recipe.Recipe`, used as it is (its ``to_dict()`` is
+            saved in the checkpoint's hyper-parameters); a dict (such hyper-parameters) is read as a recipe.
 
     Batches are ``([tau1, tau2, x_orig], label, index)`` (with ``data.views: device``:
     ``(uint8 images, label, index)``, the views made here); the pseudo labels of a batch are
     looked up by index in the tensor given to :meth:`set_pseudo_labels`.
     """
 
-    def __init__(self, recipe: dict[str, Any]) -> None:
+    def __init__(self, recipe: Recipe | dict[str, Any]) -> None:
         super().__init__()
-        self.save_hyperparameters({"recipe": recipe})
-        self.recipe: Recipe = load_recipe(recipe)
+        self.recipe: Recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+        self.save_hyperparameters({"recipe": self.recipe.to_dict()})
         config = self.recipe.objective_config()
         backbone = build_backbone(self.recipe.model.arch, self.recipe.model.width)
         # global negatives under DDP (no effect on one process)
@@ -320,7 +304,7 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
     """Lightning ``Trainer`` arguments shared by pretraining and finetuning.
 
     Batch norm is synchronised across processes when there are several GPUs, every route of the
-    routed layers included (:class:`RoutedSyncBatchNorm`); PyTorch's SyncBatchNorm has no CPU
+    routed layers included (:data:`RoutedLayerSync`); PyTorch's SyncBatchNorm has no CPU
     implementation, so CPU processes normalise their own batches (a warning says so).
     """
     config = recipe.trainer
@@ -336,7 +320,7 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
     if not on_gpu and str(config.precision).startswith("bf16") and not cpu_has_native_bf16():
         warnings.warn(
             f"trainer.precision={config.precision} on a CPU without bf16 instructions (avx512_bf16/AMX): bf16 autocast "
-            "is emulated there, about 12x slower than fp32 on a 2-core AVX2 VM (README 'Performance'); "
+            "is emulated there, about 12x slower than fp32 on a 2-core AVX2 VM (docs/reproducibility/performance.md); "
             "trainer.precision=32-true is faster on this machine",
             stacklevel=2,
         )
@@ -347,5 +331,5 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
         "strategy": config.strategy,
         "precision": config.precision,
         "deterministic": config.deterministic,
-        "plugins": [AtomicCheckpointIO(), *([RoutedSyncBatchNorm()] if sync else [])],
+        "plugins": [AtomicCheckpointIO(), *([RoutedLayerSync()] if sync else [])],
     }

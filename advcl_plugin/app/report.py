@@ -96,7 +96,7 @@ def _leaderboard(results: list[dict[str, Any]]) -> list[str]:
     for (method, protocol), by_mode in rows.items():
         cells = []
         for mode in modes:
-            r = by_mode.get(mode)
+            r = by_mode.get(mode)  # type: ignore[assignment]
             cells.append("—" if r is None else f"{_percent(r.get('aa'))} / {_percent(r['sa'])} ({_percent(r['ra'])})")
         lines.append(f"| {method} | {protocol} | " + " | ".join(cells) + " |")
     return lines
@@ -164,7 +164,7 @@ def _plot_sweeps(results: list[dict[str, Any]], output_dir: Path) -> list[Path]:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
         figure.tight_layout()
-        path = atomic_write(output_dir / filename, lambda handle, f=figure: f.savefig(handle, dpi=120, format="png"))
+        path = atomic_write(output_dir / filename, lambda handle, f=figure: f.savefig(handle, dpi=120, format="png"))  # type: ignore[misc]
         plt.close(figure)
         paths.append(path)
     return paths

@@ -11,7 +11,7 @@ owned by one process at a time.
   (the operating system releases it with the process) and is taken over.  Under distributed training
   only the process of global rank 0 takes it and writes (:func:`is_global_zero_process`).
 
-Example:
+Examples:
     >>> from advcl_plugin.app.rundir import check_run_name
     >>> check_run_name("advcl-cifar10")
     'advcl-cifar10'

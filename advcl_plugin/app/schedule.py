@@ -28,7 +28,7 @@ def lr_at(
     the end of the warm-up.  The authors update the cosine once per epoch and the warm-up
     per step; here both are evaluated per step (identical at epoch boundaries).
 
-    Example:
+    Examples:
         >>> round(lr_at(0, lr=0.5, epochs=1000), 4), round(lr_at(500, lr=0.5, epochs=1000), 4)
         (0.01, 0.2502)
     """

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from advcl_plugin._io import atomic_write_json, read_json
-from advcl_plugin.app.config import Recipe, load_recipe, load_structured, read_yaml, recipe_path
+from advcl_plugin.app.compute import arm_compute, step_flops
 from advcl_plugin.app.processes import barrier, is_global_zero_process, rank_zero_decides
+from advcl_plugin.app.recipe import Recipe, load_recipe
+from advcl_plugin.app.recipe_files import load_structured, read_yaml, recipe_path
 from advcl_plugin.app.report import build_report
 from advcl_plugin.app.rundir import check_run_name, protocol_tag, run_directory_lock
 from advcl_plugin.app.stages.evaluate import evaluate
@@ -30,7 +32,7 @@ from advcl_plugin.app.stages.finetune import finetune
 from advcl_plugin.app.stages.pretrain import pretrain
 from advcl_plugin.app.stages.pseudo_labels import make_pseudo_labels
 
-__all__ = ["ORDERINGS", "StudyConfig", "load_study", "run_demo", "run_study", "verdicts"]
+__all__ = ["PAPER_CLAIMS", "StudyArm", "StudyClaim", "StudyConfig", "load_study", "run_demo", "run_study", "verdicts"]
 
 
 @dataclass
@@ -45,32 +47,54 @@ class StudyArm:
 
 
 @dataclass
+class StudyClaim:
+    """A claim the study tests, declared in the study file beside its arms: ``better`` beats ``worse`` in
+    ``metric`` (``sa``, ``ra``, ``aa``) after ``mode`` finetuning.  ``kind: better`` holds when the difference
+    exceeds its 95% interval; ``kind: at_least`` (non-inferiority, ``better >= worse``) holds when the
+    difference is above minus that interval, and does not hold when it is below it."""
+
+    claim: str
+    better: str
+    worse: str
+    metric: str = "ra"
+    mode: str = "slf"
+    table: str = "—"
+    kind: str = "better"
+
+
+@dataclass
 class StudyConfig:
     name: str
     base: str
     overrides: list[str] = field(default_factory=list)
     arms: list[StudyArm] = field(default_factory=list)
+    # the claims tested (null: the paper's orderings, PAPER_CLAIMS, whose two arms the study has)
+    claims: list[StudyClaim] | None = None
+    # the arm whose adversarial compute the others are measured against (null: the first arm of method advcl)
+    compute_reference: str | None = None
     aa_samples: int = 500
     seeds: list[int] = field(default_factory=lambda: [0])
     budget: str = ""  # a sentence for the report
     hardware: str = ""
 
 
-#: (paper table, claim, better arm, worse arm, metric key, mode)
-ORDERINGS: list[tuple[str, str, str, str, str, str]] = [
-    ("Table 1", "AdvCL > ACL in SLF RA", "advcl", "acl", "ra", "slf"),
-    ("Table 1", "ACL > SimCLR in SLF RA", "acl", "simclr", "ra", "slf"),
-    ("Table 1", "AdvCL > SimCLR in SLF RA", "advcl", "simclr", "ra", "slf"),
-    ("Table 3", "AdvCL > ACL in ALF RA", "advcl", "acl", "ra", "alf"),
-    ("Table 4", "the x + delta view beats paired views (SLF RA)", "advcl-no-hfc", "acl", "ra", "slf"),
-    ("Table 4", "HFC >= LFC (SLF RA)", "advcl", "advcl-lfc", "ra", "slf"),
-    ("Table 4", "adding HFC helps (SLF RA)", "advcl", "advcl-no-hfc", "ra", "slf"),
-    ("Table 5", "pseudo labels help (SLF RA)", "advcl", "advcl-no-pl", "ra", "slf"),
-    ("Table 5", "the K ensemble >= a single K = 10 (SLF RA)", "advcl", "advcl-k10", "ra", "slf"),
-    ("—", "authors' pseudo labels vs our ClusterFit ones (SLF RA)", "advcl", "advcl-own-pl", "ra", "slf"),
-    ("Table 1", "AdvCL > ACL in SLF RA, at 5x the steps", "advcl-5x", "acl-5x", "ra", "slf"),
-    ("Table 1", "AdvCL > ACL in SLF AA, at 5x the steps", "advcl-5x", "acl-5x", "aa", "slf"),
+#: the paper's orderings (and our earlier studies'), tested by a study file that declares no ``claims``
+PAPER_CLAIMS: list[StudyClaim] = [
+    StudyClaim(claim, better, worse, metric, mode, table)
+    for table, claim, better, worse, metric, mode in (
+        ("Table 1", "AdvCL > ACL in SLF RA", "advcl", "acl", "ra", "slf"),
+        ("Table 1", "ACL > SimCLR in SLF RA", "acl", "simclr", "ra", "slf"),
+        ("Table 1", "AdvCL > SimCLR in SLF RA", "advcl", "simclr", "ra", "slf"),
+        ("Table 3", "AdvCL > ACL in ALF RA", "advcl", "acl", "ra", "alf"),
+        ("Table 4", "the x + delta view beats paired views (SLF RA)", "advcl-no-hfc", "acl", "ra", "slf"),
+        ("Table 4", "HFC >= LFC (SLF RA)", "advcl", "advcl-lfc", "ra", "slf"),
+        ("Table 4", "adding HFC helps (SLF RA)", "advcl", "advcl-no-hfc", "ra", "slf"),
+        ("Table 5", "pseudo labels help (SLF RA)", "advcl", "advcl-no-pl", "ra", "slf"),
+        ("Table 5", "the K ensemble >= a single K = 10 (SLF RA)", "advcl", "advcl-k10", "ra", "slf"),
+        ("—", "authors' pseudo labels vs our ClusterFit ones (SLF RA)", "advcl", "advcl-own-pl", "ra", "slf"),
+    )
 ]
+CLAIM_KINDS = ("better", "at_least")
 
 #: two-sided 95% Student t quantiles by degrees of freedom (seed spread of a difference)
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -96,6 +120,16 @@ def load_study(name_or_path: str) -> StudyConfig:
             raise ValueError(f"arm {arm.name!r} takes pseudo labels from {arm.pseudo_labels_from!r}, an earlier arm")
         if arm.init_from and arm.init_from not in names[:index]:
             raise ValueError(f"arm {arm.name!r} starts from the encoder of {arm.init_from!r}, an earlier arm")
+    if study.compute_reference is not None and study.compute_reference not in names:
+        raise ValueError(f"study.compute_reference {study.compute_reference!r} is not one of its arms: {names}")
+    for claim in study.claims or []:
+        missing = [name for name in (claim.better, claim.worse) if name not in names]
+        if missing:
+            raise ValueError(f"study claim {claim.claim!r} names arm(s) {missing} the study does not have: {names}")
+        if claim.metric not in ("sa", "ra", "aa") or claim.mode not in ("slf", "alf", "aff"):
+            raise ValueError(f"study claim {claim.claim!r}: metric must be sa, ra or aa and mode slf, alf or aff")
+        if claim.kind not in CLAIM_KINDS:
+            raise ValueError(f"study claim {claim.claim!r}: kind must be one of {CLAIM_KINDS}, got {claim.kind!r}")
     return study
 
 
@@ -120,16 +154,26 @@ def _seed_spread(better: list[dict[str, Any]], worse: list[dict[str, Any]], metr
 def verdicts(
     results: dict[str, dict[str, dict[str, Any]]],
     per_seed: dict[str, dict[str, list[dict[str, Any]]]] | None = None,
+    claims: list[StudyClaim] | None = None,
 ) -> list[dict[str, Any]]:
-    """For each ordering whose arms were run: the two values, their difference, a 95% interval of the
-    difference (binomial, independent test-image errors) and ``holds`` / ``does not hold``.
+    """For each claim (default: :data:`PAPER_CLAIMS`) whose arms were run: the two values, their difference, a
+    95% interval of the difference (binomial, independent test-image errors) and ``holds`` / ``does not hold``
+    / ``inconclusive`` (see :class:`StudyClaim` for the two kinds).
 
     With several seeds (``per_seed``: each arm's per-seed results), the seed spread is given beside it:
     the per-seed differences and a 95% t interval of their mean; the verdict then takes the wider of
     the two intervals.
     """
     rows = []
-    for table, claim, better, worse, metric, mode in ORDERINGS:
+    for item in PAPER_CLAIMS if claims is None else claims:
+        table, claim, better, worse, metric, mode = (
+            item.table,
+            item.claim,
+            item.better,
+            item.worse,
+            item.metric,
+            item.mode,
+        )
         a, b = results.get(better, {}).get(mode), results.get(worse, {}).get(mode)
         if not a or not b or metric not in a or metric not in b:
             continue
@@ -142,7 +186,10 @@ def verdicts(
             else None
         )
         spread = max(binomial, seeds["interval95"]) if seeds else binomial
-        verdict = "holds" if difference > spread else "does not hold" if difference < -spread else "inconclusive"
+        if item.kind == "at_least":  # non-inferiority: refuted only when the arm is clearly worse
+            verdict = "holds, not significantly worse" if difference >= -spread else "does not hold"
+        else:
+            verdict = "holds" if difference > spread else "does not hold" if difference < -spread else "inconclusive"
         verdict += f" ({100 * difference:+.2f} pts, ±{100 * binomial:.2f} binomial"
         if seeds:
             verdict += f"; {len(seeds['differences'])} seeds: ±{100 * seeds['interval95']:.2f} (t, 95%)"
@@ -150,6 +197,7 @@ def verdicts(
             {
                 "table": table,
                 "claim": claim,
+                "kind": item.kind,
                 "better_arm": better,
                 "worse_arm": worse,
                 "values": (a[metric], b[metric]),
@@ -266,6 +314,51 @@ def _pretrained(recipe: Recipe, progress: bool, timings: dict[str, float]) -> No
         )
 
 
+def _arm_compute(recipe: Recipe, arm: StudyArm, timings: dict[str, float],
+                 done: dict[str, dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """The arm's compute (:mod:`advcl_plugin.app.compute`), kept in ``<run dir>/compute.json``; a warm-started
+    arm adds the compute of the arm it starts from (``done``: the arms of this seed so far)."""
+    path = recipe.run_dir / "compute.json"
+    per_step = _read_record(path) if path.is_file() else None
+    if per_step is None or per_step.get("batch_size") != recipe.optim.batch_size:
+        per_step = step_flops(recipe)
+        if is_global_zero_process():
+            atomic_write_json(path, per_step)
+    steps = int(_read_record(recipe.run_dir / "pretrain.json").get("steps", 0))
+    seconds = timings.get(f"{recipe.name} pretrain ({recipe.method})")
+    start = done.get(arm.init_from) if arm.init_from else None
+    return arm_compute(per_step, steps, seconds, start)
+
+
+def _compute_table(study: StudyConfig, computed: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    """The compute columns of the report: per arm, FLOPs per step, adversarial vs clean, wall time, and the
+    adversarial compute relative to the reference arm (cold AdvCL)."""
+    reference = study.compute_reference or next(
+        (arm.name for arm in study.arms if arm.method == "advcl" and not arm.init_from and arm.name in computed), None
+    )
+    base = computed.get(reference, {}).get("adversarial_tflop") if reference else None
+    lines = [
+        "",
+        "Compute per arm (FLOPs counted by torch.utils.flop_counter on one training step; forward + backward; "
+        "'adversarial' = what the PGD iterations add; 'with start' adds the arm it was warm-started from)",
+        "",
+        f"| arm | steps | GFLOP / step | of it attack | pretrain TFLOP | adversarial TFLOP | clean TFLOP | "
+        f"with start TFLOP | adversarial compute vs {reference or 'reference'} | pretrain wall s | with start wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, c in computed.items():
+        ratio = f"{c['adversarial_tflop'] / base:.2f}" if base else "—"
+        seconds = f"{c['pretrain_seconds']:.0f}" if c.get("pretrain_seconds") is not None else "—"
+        total_seconds = f"{c['total_seconds']:.0f}" if c.get("total_seconds") is not None else "—"
+        c["adversarial_vs_reference"] = c["adversarial_tflop"] / base if base else None
+        lines.append(
+            f"| {name} | {c['steps']} | {c['step_gflop']:.1f} | {c['attack_gflop']:.1f} | {c['pretrain_tflop']:.1f} | "
+            f"{c['adversarial_tflop']:.1f} | {c['clean_tflop']:.1f} | {c['total_tflop']:.1f} | {ratio} | {seconds} | "
+            f"{total_seconds} |"
+        )
+    return lines, {"reference": reference, "arms": computed}
+
+
 def _finetuned_and_evaluated(recipe: Recipe, mode: str, aa_samples: int, progress: bool,
                              timings: dict[str, float], fields: dict[str, Any]) -> Path:  # fmt: skip
     tag = protocol_tag(recipe.protocol)
@@ -294,12 +387,14 @@ def run_study(
         study.arms = [arm for arm in study.arms if arm.name in arms]
     # every arm's recipe is read (and so validated) before anything runs
     for arm in study.arms:
-        load_recipe(study.base, [*study.overrides, *(overrides or []), *arm.overrides, f"method={arm.method}"])
+        load_recipe(study.base, _arm_overrides(study, arm, study.seeds[0], overrides or []))
     timings: dict[str, float] = {}
     eval_files: list[Path] = []
     per_arm: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    computed: dict[str, dict[str, Any]] = {}  # the first seed's compute per arm
     output_dir = Path(".")
     for seed in study.seeds:
+        this_seed: dict[str, dict[str, Any]] = {}
         for arm in study.arms:
             with contextlib.ExitStack() as held:
                 run_dir = load_recipe(study.base, _arm_overrides(study, arm, seed, overrides or [])).run_dir
@@ -310,6 +405,8 @@ def run_study(
                 if timings_file.is_file():  # stages finished in an earlier session of the study
                     timings.update(_read_record(timings_file))
                 _pretrained(recipe, progress, timings)
+                this_seed[arm.name] = _arm_compute(recipe, arm, timings, this_seed)
+                computed.setdefault(arm.name, this_seed[arm.name])
                 for mode in arm.modes:
                     with_autoattack = arm.autoattack is True or (
                         isinstance(arm.autoattack, list) and mode in arm.autoattack
@@ -325,7 +422,7 @@ def run_study(
                     eval_files.append(evaluation)
                     per_arm.setdefault(arm.name, {}).setdefault(mode, []).append(result)
     results = {arm: {mode: _mean_over_seeds(runs) for mode, runs in modes.items()} for arm, modes in per_arm.items()}
-    rows = verdicts(results, per_arm)
+    rows = verdicts(results, per_arm, study.claims)
     lines = [f"Budget: {study.budget}", f"Hardware: {study.hardware}"]
     if rows:
         lines += ["", "| paper | claim | values (%) | verdict |", "| --- | --- | --- | --- |"]
@@ -333,6 +430,8 @@ def run_study(
         a, b = row["values"]
         values = f"{row['better_arm']} {100 * a:.2f} vs {row['worse_arm']} {100 * b:.2f}"
         lines.append(f"| {row['table']} | {row['claim']} | {values} | {row['verdict']} |")
+    compute_lines, compute = _compute_table(study, computed)
+    lines += compute_lines
     if not is_global_zero_process():  # the other processes of a DDP study trained and evaluated with rank 0
         return {"results": [], "directory": str(output_dir / f"{study.name}-report"), "markdown": ""}
     report = build_report(
@@ -340,7 +439,13 @@ def run_study(
         output_dir / f"{study.name}-report",
         timings,
         extra_markdown="\n".join(lines),
-        extra={"orderings": rows, "per_arm": results, "budget": study.budget, "hardware": study.hardware},
+        extra={
+            "orderings": rows,
+            "per_arm": results,
+            "compute": compute,
+            "budget": study.budget,
+            "hardware": study.hardware,
+        },
     )
     print("\n" + report["markdown"])  # rank 0 (the others returned above)
     return report

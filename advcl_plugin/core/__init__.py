@@ -1,7 +1,8 @@
 """Framework-agnostic AdvCL core: plain PyTorch, one module per idea of the paper.
 
 Nothing here imports a trainer, a host framework (solo-learn, lightly) or the ``advcl`` lab;
-optional libraries (faiss for ClusterFit, pyautoattack for AutoAttack) are imported where used.
+optional libraries (faiss for ClusterFit) are imported where used.  Finetuning and evaluation (protocols,
+robust accuracy, TRADES) live beside it in :mod:`advcl_plugin.evaluation`.
 """
 
 from advcl_plugin.core.advcl_loss import AdvCLLoss, advcl_loss
@@ -32,7 +33,6 @@ from advcl_plugin.core.routed_bn import (
     plain_state_dict,
     routed_bn_layers,
 )
-from advcl_plugin.core.trades import trades_kl_attack, trades_loss
 
 __all__ = [
     "DEFAULT_ROUTES",
@@ -72,6 +72,4 @@ __all__ = [
     "plain_state_dict",
     "pseudo_label_loss",
     "routed_bn_layers",
-    "trades_kl_attack",
-    "trades_loss",
 ]

@@ -4,7 +4,7 @@ method's own loss (the inner maximisation of eqs. 2 and 7), through the backbone
 One implementation serves every host: the lightly adapter re-exports it, and solo-learn's
 adversarial variants (``simclr_adv``, ``byol_adv``, ...) build one around their parent's loss.
 
-Example:
+Examples:
     >>> import torch
     >>> from advcl_plugin import AdversarialView, MultiViewNTXentLoss, ProjectionHead, cifar_resnet18
     >>> backbone, head = cifar_resnet18(width=8), ProjectionHead(64)
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from advcl_plugin.core.attack import check_pixel_range, pgd_linf, pixels_in_range
 from advcl_plugin.core.config import PAPER
 from advcl_plugin.core.pixels import normalize, unnormalize
+from advcl_plugin.core.references import Unowned
 from advcl_plugin.core.routed_bn import bn_route, convert_to_multi_bn, routed_bn_layers
 
 __all__ = ["AdversarialView"]
@@ -61,12 +62,16 @@ class AdversarialView(nn.Module):
             ("normal", "pgd"))``) so that momentum updates pair parameters one to one.
         embed: maps model inputs to what ``loss_fn`` takes, e.g. ``lambda x: head(backbone(x))``.
         loss_fn: the method's loss, called as ``loss_fn(embed(x_adv), *references)``.
-        eps, steps, step_size, random_start: the L-inf PGD attack (default: the paper's 8/255, 5,
-            2/255, random start).
-        route, clean_route: BN route names for the adversarial and the clean views.
-        mean, std: if your pipeline normalises images, its statistics: inputs and outputs of
-            :meth:`forward` are then normalised, while the budget stays in pixel units. Inputs
-            that do not un-normalise to [0, 1] pixels with them are refused.
+        eps: the L-inf budget of the PGD attack in pixel units (default: the paper's 8/255).
+        steps: PGD steps (default 5).
+        step_size: PGD step (default 2/255).
+        random_start: start from a uniform point of the eps-ball (default: yes).
+        route: BN route of the adversarial view (``"pgd"``).
+        clean_route: BN route of the clean views (``"normal"``).
+        mean: if your pipeline normalises images, its mean: inputs and outputs of :meth:`forward` are then
+            normalised, while the budget stays in pixel units. Inputs that do not un-normalise to [0, 1]
+            pixels with ``mean`` and ``std`` are refused.
+        std: the pipeline's standard deviation (with ``mean``).
 
     Shapes:
         ``forward(x, *references)``: x (B, C, H, W) -> (B, C, H, W), detached.
@@ -100,12 +105,23 @@ class AdversarialView(nn.Module):
             raise ValueError(
                 f"the backbone is routed with {layers[0].route_names}; it needs {clean_route!r} and {route!r}"
             )
-        object.__setattr__(self, "backbone", backbone)  # referenced, not registered
-        object.__setattr__(self, "embed", embed)
-        object.__setattr__(self, "loss_fn", loss_fn)
+        # used, not owned: the method that holds this view registers them (no parameters twice)
+        self._uses = Unowned((backbone, embed, loss_fn))
         self.eps, self.steps, self.step_size, self.random_start = eps, steps, step_size, random_start
         self.route, self.clean_route = route, clean_route
         self.mean, self.std = mean, std
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self._uses.target[0]
+
+    @property
+    def embed(self) -> Callable[[Tensor], Any]:
+        return self._uses.target[1]
+
+    @property
+    def loss_fn(self) -> Callable[..., Tensor]:
+        return self._uses.target[2]
 
     @contextlib.contextmanager
     def adversarial_route(self) -> Iterator[None]:

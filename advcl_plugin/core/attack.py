@@ -1,6 +1,6 @@
 """L-infinity projected gradient ascent: the inner maximisation of eqs. (2), (7), (9), (10).
 
-Example:
+Examples:
     >>> import torch
     >>> from advcl_plugin import pgd_linf
     >>> net = torch.nn.Linear(12, 3)
@@ -155,7 +155,7 @@ def pgd_linf(
         Detached adversarial tensor(s), same structure, shape, dtype and device as ``x``.
     """
     joint = not isinstance(x, Tensor)
-    clean = list(x) if joint else [x]
+    clean: list[Tensor] = list(x) if joint else [x]  # type: ignore[list-item]
     if not clean:
         raise ValueError("pgd_linf needs at least one input tensor")
     if eps < 0 or step_size < 0 or steps < 0:

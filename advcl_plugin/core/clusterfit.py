@@ -5,7 +5,7 @@ image, ``cluster_pseudo_labels`` runs faiss k-means on the L2-normalised feature
 each cluster count K, and :class:`PseudoLabels` stores the result with the metadata
 needed to refuse it for another dataset.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> from advcl_plugin import PseudoLabels, cluster_pseudo_labels
     >>> features = np.random.default_rng(0).normal(size=(400, 16)).astype("float32")
@@ -66,7 +66,7 @@ def cluster_pseudo_labels(
     if use_gpu and faiss.get_num_gpus() == 0:
         raise RuntimeError(
             "use_gpu=True but this faiss build sees no GPU: install the GPU build "
-            "(README: 'GPU k-means') or run k-means on the CPU"
+            "(docs/index.md, 'GPU k-means') or run k-means on the CPU"
         )
     data = features.detach().cpu().numpy() if isinstance(features, Tensor) else np.asarray(features)
     if data.ndim != 2:

@@ -1,4 +1,5 @@
-"""The one typed home of AdvCL's numbers: the objective's hyper-parameters and the views.
+"""The one typed home of AdvCL's numbers: the objective's hyper-parameters, the views and the pretraining
+schedule (the finetuning and evaluation protocols live in :mod:`advcl_plugin.evaluation.protocols`).
 
 Defaults follow the authors' public code (the reference-facts sheet), which produced the
 published tables; where the paper's own form differs it is one field away (e.g.
@@ -9,7 +10,7 @@ Every host maps onto these classes in one place: :func:`advcl_plugin.core.method
 (the method registry and the ``advcl`` recipes' ``method_kwargs``), the solo-learn adapter's
 ``method_kwargs``, and the lightly components' arguments.
 
-Example:
+Examples:
     >>> from advcl_plugin.core.config import PAPER, AdvCLConfig
     >>> PAPER.ks, round(PAPER.eps * 255), PAPER.steps
     ((2, 10, 50, 100, 500), 8, 5)
@@ -26,7 +27,6 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any, ClassVar
 
 __all__ = [
@@ -34,19 +34,15 @@ __all__ = [
     "FREQUENCY_VIEWS",
     "KS_ENSEMBLE",
     "PAPER",
-    "PAPER_EVALUATION",
-    "PAPER_FINETUNE",
+    "PAPER_BASE_TEMPERATURE",
+    "PAPER_RADIUS",
     "PAPER_SCHEDULE",
+    "PAPER_TEMPERATURE",
     "PAPER_VIEWS",
-    "ROBUSTSSL",
     "AdvCLConfig",
-    "EvaluationProtocol",
-    "FinetuneSchedule",
     "PretrainSchedule",
-    "RobustSSLProtocol",
     "ViewConfig",
     "parse_number",
-    "robustssl_protocol",
 ]
 
 #: the paper's pseudo-label ensemble: one head per cluster count K (Table 5)
@@ -55,15 +51,29 @@ KS_ENSEMBLE: tuple[int, ...] = (2, 10, 50, 100, 500)
 ATTACK_MODES: tuple[str, ...] = ("advcl", "paired", "none")
 #: frequency components that can be added as clean views (eq. 8)
 FREQUENCY_VIEWS: tuple[str, ...] = ("high", "low")
+#: r of eq. (8) for 32x32 images (the frequency functions' default; scale it with the image side)
+PAPER_RADIUS: float = 8.0
+#: t of eq. (5), and the authors' ``t / base_temperature`` scale of the contrastive loss
+PAPER_TEMPERATURE: float = 0.5
+PAPER_BASE_TEMPERATURE: float = 0.07
 
 
 def parse_number(value: Any) -> Any:
-    """Numbers as a user may write them: ``"8/255"`` -> 0.0313..., ``"5e-4"`` -> 0.0005; other
-    values are returned unchanged (so that a check can name them)."""
+    """Numbers as a user may write them, the one parser of the package: ``"8/255"`` -> 0.0313...,
+    ``"1.5/2"`` -> 0.75, ``"5e-4"`` -> 0.0005; other values (and strings that are no number) are returned
+    unchanged, so that a check can name them.
+
+    Examples:
+        >>> parse_number("8/255") == 8 / 255, parse_number(" 5e-4 "), parse_number("runs/x"), parse_number(3)
+        (True, 0.0005, 'runs/x', 3)
+    """
     if isinstance(value, str):
         text = value.strip().replace(" ", "")
         try:
-            return float(Fraction(text)) if "/" in text else float(text)
+            if "/" in text:
+                numerator, denominator = text.split("/")
+                return float(numerator) / float(denominator)
+            return float(text)
         except (ValueError, ZeroDivisionError):
             return value
     return value
@@ -153,10 +163,10 @@ class AdvCLConfig(_Checked):
     steps: int = 5
     step_size: float = 2 / 255
     random_start: bool = True
-    radius: float = 8.0
+    radius: float = PAPER_RADIUS
     pseudo_label_weight: float = 0.2
-    temperature: float = 0.5
-    base_temperature: float | None = 0.07
+    temperature: float = PAPER_TEMPERATURE
+    base_temperature: float | None = PAPER_BASE_TEMPERATURE
     frequency_views: tuple[str, ...] = ("high",)
     use_pseudo_labels: bool = True
     attack: str = "advcl"
@@ -273,14 +283,16 @@ PAPER = AdvCLConfig()
 PAPER_VIEWS = ViewConfig()
 
 
-@dataclass(frozen=True)
+@dataclass
 class PretrainSchedule:
     """The authors' pretraining optimiser: SGD, linear warm-up from ``warmup_from`` over
-    ``warmup_epochs``, cosine decay to ``lr * min_lr_ratio``; ``lr`` is for a batch of
-    ``batch_size`` (scaled linearly with the real global batch)."""
+    ``warmup_epochs``, cosine decay to ``lr * min_lr_ratio``.  ``batch_size`` is the batch per device;
+    ``lr`` and ``warmup_from`` are for a global batch of ``reference_batch_size`` (scaled linearly with
+    the real one).  The ``advcl`` lab's ``optim`` section is this class."""
 
     lr: float = 0.5
     batch_size: int = 512
+    reference_batch_size: int = 512
     epochs: int = 1000
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -289,95 +301,5 @@ class PretrainSchedule:
     min_lr_ratio: float = 1e-3
 
 
-@dataclass(frozen=True)
-class FinetuneSchedule:
-    """The authors' standard linear finetuning (SLF); ALF and AFF train on PGD-``attack_steps``
-    examples with the same optimiser."""
-
-    lr: float = 0.01
-    batch_size: int = 512
-    epochs: int = 25
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    milestones: tuple[int, ...] = (15, 20)
-    gamma: float = 0.1
-    attack_steps: int = 10
-    loss: str = "ce"  # "ce": cross-entropy on PGD examples (ALF, AFF); "trades": TRADES (Zhang et al. 2019)
-    trades_beta: float = 6.0
-    # the linear head's start: "default" (PyTorch's nn.Linear init, the AdvCL authors' script) or "zeros"
-    # (weight and bias zero, the RobustSSL benchmark's get_model for SLF, ALF and AFF)
-    head_init: str = "default"
-
-
-@dataclass(frozen=True)
-class EvaluationProtocol:
-    """Robust accuracy as the paper reports it: PGD-20 (RA) and AutoAttack ``standard`` (AA) at eps 8/255."""
-
-    eps: float = 8 / 255
-    step_size: float = 2 / 255
-    pgd_steps: int = 20
-    aa_version: str = "standard"
-
-
+#: the authors' pretraining schedule (copy it with ``dataclasses.replace`` to change it)
 PAPER_SCHEDULE = PretrainSchedule()
-PAPER_FINETUNE = FinetuneSchedule()
-PAPER_EVALUATION = EvaluationProtocol()
-
-
-@dataclass(frozen=True)
-class RobustSSLProtocol:
-    """The RobustSSL benchmark's finetuning and evaluation (GodXuxilie/RobustSSL_Benchmark,
-    ``Finetuning_Methods/Vanilla_Finetuning``), for one pretraining family.
-
-    SLF and ALF: frozen encoder in eval mode, SGD (momentum 0.9, weight decay 2e-4), 25 epochs,
-    lr / 10 at ``milestones``, RandomCrop(32, padding 4) + flip, ALF on PGD-10 (eps 8/255, step
-    2/255) cross-entropy examples; the linear head starts at zero (weight and bias) in every mode.  AFF: the
-    whole network trained with TRADES (beta 6, KL attack
-    of 10 steps from a 0.001 Gaussian start, attack in eval mode, loss in train mode).  The
-    last epoch is kept (the script's optional test-set selection is off by default), and SA,
-    PGD-20 (RA) and AutoAttack ``standard`` (AA) are measured on the whole test set.
-    ``input_normalization``: the benchmark's ResNet normalises inputs with ImageNet's mean and
-    std for every pretraining method except AdvCL and A-InfoNCE.
-    """
-
-    family: str
-    slf: FinetuneSchedule
-    alf: FinetuneSchedule
-    aff: FinetuneSchedule
-    evaluation: EvaluationProtocol = EvaluationProtocol()
-    input_normalization: str = "none"
-    selection: str = "last epoch"
-    test_images: str = "all"
-
-
-def _robustssl_modes(slf_alf: FinetuneSchedule, aff: FinetuneSchedule) -> dict[str, FinetuneSchedule]:
-    return {"slf": slf_alf, "alf": slf_alf, "aff": aff}
-
-
-#: head starts a finetuning schedule may name
-HEAD_INITS: tuple[str, ...] = ("default", "zeros")
-
-#: the benchmark's settings per pretraining family, CIFAR-10 (its ``setup_hyperparameter``)
-ROBUSTSSL: dict[str, RobustSSLProtocol] = {
-    "advcl": RobustSSLProtocol(  # AdvCL, A-InfoNCE, DeACL
-        "advcl",
-        **_robustssl_modes(
-            FinetuneSchedule(lr=0.01, batch_size=512, milestones=(15, 20), head_init="zeros"),
-            FinetuneSchedule(lr=0.1, batch_size=128, milestones=(15, 20), loss="trades", head_init="zeros"),
-        ),
-    ),
-    "acl": RobustSSLProtocol(  # ACL
-        "acl",
-        **_robustssl_modes(
-            FinetuneSchedule(lr=0.01, batch_size=512, milestones=(10, 20), head_init="zeros"),
-            FinetuneSchedule(lr=0.1, batch_size=128, epochs=100, milestones=(40, 60), loss="trades", head_init="zeros"),
-        ),
-        input_normalization="imagenet",
-    ),
-}
-
-
-def robustssl_protocol(method: str) -> RobustSSLProtocol:
-    """The benchmark's settings for a method of this package: ACL's for ``acl``, AdvCL's otherwise
-    (AdvCL, its ablations, and methods the benchmark does not list, such as SimCLR)."""
-    return ROBUSTSSL["acl" if method == "acl" else "advcl"]

@@ -11,7 +11,7 @@ supervised-contrastive loss without labels) the result is multiplied by
 averaging over the ``m`` anchors and ``m - 1`` positives, which only multiplies
 the loss by the constant ``m * (m - 1)``.
 
-Example:
+Examples:
     >>> import torch
     >>> from advcl_plugin import MultiViewNTXentLoss
     >>> loss_fn = MultiViewNTXentLoss(temperature=0.5)
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advcl_plugin.core.config import PAPER_BASE_TEMPERATURE, PAPER_TEMPERATURE
 from advcl_plugin.core.distributed import gather_with_grad, rank, world_size
 
 __all__ = ["MultiViewNTXentLoss", "multi_view_contrastive_loss"]
@@ -36,8 +37,8 @@ __all__ = ["MultiViewNTXentLoss", "multi_view_contrastive_loss"]
 
 def multi_view_contrastive_loss(
     views: Sequence[Tensor],
-    temperature: float = 0.5,
-    base_temperature: float | None = 0.07,
+    temperature: float = PAPER_TEMPERATURE,
+    base_temperature: float | None = PAPER_BASE_TEMPERATURE,
     gather_distributed: bool = False,
     check_finite: bool = True,
 ) -> Tensor:
@@ -127,8 +128,8 @@ class MultiViewNTXentLoss(nn.Module):
 
     def __init__(
         self,
-        temperature: float = 0.5,
-        base_temperature: float | None = 0.07,
+        temperature: float = PAPER_TEMPERATURE,
+        base_temperature: float | None = PAPER_BASE_TEMPERATURE,
         gather_distributed: bool = False,
         check_finite: bool = True,
     ) -> None:

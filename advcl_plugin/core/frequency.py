@@ -8,7 +8,7 @@ zero every coefficient whose Euclidean distance from the centre is ``< radius``
 (HFC) or ``>= radius`` (LFC), shift back, inverse FFT and keep the real part.
 Because the two masks are complementary, ``x_h + x_l == x``.
 
-Example:
+Examples:
     >>> import torch
     >>> from advcl_plugin import high_frequency, low_frequency
     >>> x = torch.rand(4, 3, 32, 32)                 # (B, C, H, W) in [0, 1]
@@ -25,6 +25,8 @@ import warnings
 
 import torch
 from torch import Tensor, nn
+
+from advcl_plugin.core.config import PAPER_RADIUS
 
 __all__ = [
     "HighFrequencyView",
@@ -127,7 +129,7 @@ def _split_frequencies(x: Tensor, radius: float, keep_low: bool) -> Tensor:
     return filtered.to(x.dtype).contiguous(memory_format=layout)
 
 
-def high_frequency(x: Tensor, radius: float = 8) -> Tensor:
+def high_frequency(x: Tensor, radius: float = PAPER_RADIUS) -> Tensor:
     """High-frequency component x_h of eq. (8): spectrum at distance >= radius from the centre.
 
     Args:
@@ -141,7 +143,7 @@ def high_frequency(x: Tensor, radius: float = 8) -> Tensor:
     return _split_frequencies(x, radius, keep_low=False)
 
 
-def low_frequency(x: Tensor, radius: float = 8) -> Tensor:
+def low_frequency(x: Tensor, radius: float = PAPER_RADIUS) -> Tensor:
     """Low-frequency component x_l of eq. (8): spectrum at distance < radius from the centre.
 
     Args:
@@ -160,7 +162,7 @@ class HighFrequencyView(nn.Module):
     Use it after ``ToTensor()`` in a torchvision or lightly pipeline; it accepts a single
     image (C, H, W) or a batch (B, C, H, W).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from advcl_plugin import HighFrequencyView
         >>> view = HighFrequencyView(radius=8)
@@ -170,7 +172,7 @@ class HighFrequencyView(nn.Module):
 
     keep_low = False
 
-    def __init__(self, radius: float = 8) -> None:
+    def __init__(self, radius: float = PAPER_RADIUS) -> None:
         super().__init__()
         self.radius = radius
 

@@ -1,6 +1,6 @@
 """Heads on top of the encoder: the projection head g and the pseudo-label heads phi_i of eq. (10).
 
-Example:
+Examples:
     >>> import torch
     >>> from advcl_plugin import PseudoLabelHeads, ProjectionHead
     >>> features = torch.randn(6, 512)                          # (B, feature_dim)

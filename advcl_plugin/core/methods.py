@@ -3,7 +3,7 @@
 Every method is a set of :class:`~advcl_plugin.core.config.AdvCLConfig` changes from ``PAPER``,
 so comparisons at equal budget are one name apart, in the style of solo-learn's ``METHODS``.
 
-Example:
+Examples:
     >>> from advcl_plugin.core.methods import METHODS, build_config, build_objective
     >>> from advcl_plugin import cifar_resnet18
     >>> sorted(METHODS)[:3]

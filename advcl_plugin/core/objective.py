@@ -13,10 +13,10 @@ augmentations ``tau1(x)``, ``tau2(x)``:
 
 The clean views' embeddings do not depend on delta, so they are computed once per batch.
 The authors' loop, which re-forwards all five inputs at every attack step, lives in
-:mod:`advcl_plugin.tools.reference_objective` as a test and benchmark oracle: both give the
+:class:`advcl_plugin.testing.AuthorsLoopObjective` as a test and benchmark oracle: both give the
 same loss and parameter gradients.
 
-Example:
+Examples:
     >>> import torch
     >>> from advcl_plugin import AdvCLConfig, AdvCLObjective, cifar_resnet18
     >>> objective = AdvCLObjective(cifar_resnet18(width=8), AdvCLConfig(ks=(2, 10), steps=2))
@@ -126,6 +126,7 @@ class AdvCLObjective(nn.Module):
             config.temperature, config.base_temperature, gather_distributed, check_finite=False
         )
         ks = self.pseudo_label_heads.ks if self.pseudo_label_heads is not None else ()
+        self._label_bounds: Tensor
         self.register_buffer("_label_bounds", torch.tensor(ks, dtype=torch.long), persistent=False)
 
     # ------------------------------------------------------------------ pieces
@@ -174,7 +175,7 @@ class AdvCLObjective(nn.Module):
         logs: dict[str, Tensor] = {}
         adversarial: tuple[Tensor, ...] = ()
         if self.config.attack != "none":
-            adversarial = self._perturb(starts, clean_inputs, before, pseudo_labels, generator, steps, logs)
+            adversarial, logs = self._perturb(starts, clean_inputs, before, pseudo_labels, generator, steps)
         features, embeddings = before if before is not None else self._clean_pass(clean_inputs)
         contrastive, pseudo = self._losses(adversarial, embeddings, pseudo_labels, "mean")
         loss = advcl_loss(contrastive, pseudo, self.config.pseudo_label_weight)
@@ -201,7 +202,7 @@ class AdvCLObjective(nn.Module):
         clean_inputs, starts = self._checked_inputs(x_orig, tau1, tau2, pseudo_labels)
         with torch.no_grad():
             before = self._clean_pass_before_attack(clean_inputs)
-        return self._perturb(starts, clean_inputs, before, pseudo_labels, generator, steps, {})
+        return self._perturb(starts, clean_inputs, before, pseudo_labels, generator, steps)[0]
 
     # ------------------------------------------------------------------ steps of forward
     def _checked_inputs(
@@ -305,9 +306,8 @@ class AdvCLObjective(nn.Module):
         pseudo_labels: Tensor | None,
         generator: torch.Generator | None,
         steps: int | None,
-        logs: dict[str, Tensor],
-    ) -> tuple[Tensor, ...]:
-        """Joint PGD on the attacked inputs; fills ``logs`` with the attack's loss and |delta|."""
+    ) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+        """Joint PGD on the attacked inputs: the adversarial inputs, and logs of the attack's loss and |delta|."""
         last_loss: list[Tensor] = []
 
         def attack_loss(*perturbed: Tensor) -> Tensor:
@@ -325,12 +325,11 @@ class AdvCLObjective(nn.Module):
             config.random_start,
             generator=generator,
         )
-        if last_loss:
-            logs["attack_loss"] = last_loss[0]
+        logs = {"attack_loss": last_loss[0]} if last_loss else {}
         deltas = torch.cat([(a - c).abs().flatten() for a, c in zip(adversarial, starts, strict=True)])
         logs["delta_abs_mean"] = deltas.mean().detach()
         logs["delta_abs_max"] = deltas.max().detach()
-        return adversarial
+        return adversarial, logs
 
     def _pseudo_label_loss(self, x_ce: Tensor, pseudo_labels: Tensor | None, reduction: str) -> Tensor:
         """Eq. (10) on ``x_ce`` through route ``"pgd_ce"``."""

@@ -6,7 +6,7 @@ must then run on ``x`` itself: un-normalise the batch, attack, and normalise aga
 the model (:class:`NormalizedEncoder`).  ``random_padded_crop`` applies AdvCL's mild
 augmentation of the "original" view (RandomCrop with zero padding) to a batch on its device.
 
-Example:
+Examples:
     >>> import torch
     >>> from advcl_plugin.core.pixels import NormalizedEncoder, normalize, unnormalize
     >>> mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -69,6 +69,9 @@ class NormalizedEncoder(nn.Module):
     Shapes:
         (B, C, H, W) pixels -> whatever ``encoder`` returns.
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, encoder: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

@@ -4,7 +4,7 @@ Parameter names follow torchvision's ResNet (``conv1``, ``bn1``, ``layerN.M.down
 so a state dict of :func:`cifar_resnet18` (``width=64``) loads into
 :func:`torchvision_cifar_resnet18`, a torchvision ``resnet18`` with the CIFAR stem.
 
-Example:
+Examples:
     >>> import torch
     >>> from advcl_plugin import cifar_resnet18
     >>> encoder = cifar_resnet18(width=16)          # width 64 is the paper's ResNet-18

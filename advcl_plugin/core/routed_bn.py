@@ -10,7 +10,7 @@ the one used downstream), and the other routes live beside them under ``aux_rout
 plain architecture (torchvision, timm, solo-learn's ``main_linear.py``) with the downstream
 route, non-strictly as is, strictly after :func:`plain_state_dict`.
 
-Example:
+Examples:
     >>> import torch, torchvision
     >>> from advcl_plugin import bn_route, convert_to_multi_bn, export_bn_route
     >>> net = convert_to_multi_bn(torchvision.models.resnet18(num_classes=10))
@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -42,6 +43,7 @@ __all__ = [
     "load_clean_encoder",
     "plain_state_dict",
     "routed_bn_layers",
+    "routed_layer_sync",
 ]
 
 DEFAULT_ROUTES: tuple[str, ...] = ("normal", "pgd", "pgd_ce")
@@ -63,6 +65,7 @@ class MultiRouteBatchNorm(_BatchNorm):
         Same as the BN class it replaces: (B, C) or (B, C, *).
     """
 
+    _route_order: tuple[str, ...]
     primary_route: str
     route: str
     aux_routes: nn.ModuleDict
@@ -116,7 +119,7 @@ _ROUTED_CLASSES: dict[type[_BatchNorm], type[MultiRouteBatchNorm]] = {
 
 def _new_like(layer: _BatchNorm, cls: type[_BatchNorm]) -> _BatchNorm:
     """A layer of class ``cls`` with ``layer``'s settings, tensors, device, dtype and mode."""
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "eps": layer.eps,
         "momentum": layer.momentum,
         "affine": layer.affine,
@@ -158,7 +161,7 @@ def _routed(template: _BatchNorm, routes: tuple[str, ...], primary: str) -> Mult
     assert isinstance(layer, MultiRouteBatchNorm)
     layer.primary_route = primary
     layer.route = routes[0]
-    layer._route_order = routes  # type: ignore[attr-defined]
+    layer._route_order = routes
     layer.plain_class = _plain_class_of(template)
     layer.aux_routes = nn.ModuleDict({name: copy.deepcopy(template) for name in routes if name != primary})
     return layer
@@ -293,7 +296,7 @@ def load_clean_encoder(backbone: nn.Module, state: Mapping[str, Tensor], source:
     with training).  Strict: ``state`` must hold exactly the plain architecture's keys with their shapes
     (missing, unexpected and mis-shaped keys are listed and nothing is loaded).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from advcl_plugin import bn_route, cifar_resnet18, convert_to_multi_bn
         >>> clean = cifar_resnet18(width=4)
@@ -340,7 +343,7 @@ def convert_routed_sync_batchnorm(module: nn.Module, process_group: object | Non
         assert isinstance(routed, RoutedSyncBatchNorm)
         routed.process_group = process_group
         routed.primary_route, routed.route = module.primary_route, module.route
-        routed._route_order = module.route_names  # type: ignore[attr-defined]
+        routed._route_order = module.route_names
         routed.plain_class = module.plain_class
         routed.aux_routes = nn.ModuleDict(
             {k: convert_routed_sync_batchnorm(v, process_group) for k, v in module.aux_routes.items()}
@@ -355,6 +358,23 @@ def convert_routed_sync_batchnorm(module: nn.Module, process_group: object | Non
         if converted is not child:
             setattr(module, name, converted)
     return module
+
+
+def routed_layer_sync(layer_sync: type) -> type:
+    """The ``sync_batchnorm`` plugin of a Lightning flavour for routed BN, made from its ``LayerSync`` base class
+    (``pytorch_lightning``'s for the lab and lightly, ``lightning``'s for solo-learn): every route of every routed
+    layer is synchronised (Lightning's own plugin would turn each routed layer into one plain SyncBatchNorm, whose
+    routes would then share one set of statistics).  The core stays free of Lightning: the base is passed in."""
+
+    class RoutedLayerSync(layer_sync):  # type: ignore[misc, valid-type]
+        def apply(self, model: nn.Module) -> nn.Module:
+            return convert_routed_sync_batchnorm(model)
+
+        def revert(self, model: nn.Module) -> nn.Module:
+            return model
+
+    RoutedLayerSync.__qualname__ = RoutedLayerSync.__name__ = "RoutedLayerSync"
+    return RoutedLayerSync
 
 
 def is_legacy_routed_state_dict(state: Mapping[str, Tensor]) -> bool:

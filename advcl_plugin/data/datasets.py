@@ -5,7 +5,7 @@ Every dataset is a :class:`LabeledImageDataset`: items are ``(transform(PIL imag
 and each sample knows its index in the official split it comes from (``source_index``),
 so that pseudo labels made for the full split can be used with a subset.
 
-Example:
+Examples:
     >>> from advcl_plugin.data import load_dataset
     >>> train = load_dataset("cifar10", "train", root="./data", download=True)  # doctest: +SKIP
     >>> image, label = train[0]                                                  # doctest: +SKIP

@@ -17,7 +17,7 @@ The distributions match the CPU views (``tests/test_device_views.py`` compares c
 aspect ratios, flip rate, colour statistics and grayscale rate); the pixels differ in detail
 (tensor colour maths instead of PIL's uint8 maths, bilinear sampling instead of PIL's resize).
 
-Example:
+Examples:
     >>> import torch
     >>> views = DeviceAdvCLViews(32)
     >>> images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)

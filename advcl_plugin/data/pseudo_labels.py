@@ -5,7 +5,7 @@ the offline data folder) or a file made by ``advcl pseudo-labels`` / :class:`Pse
 Rows are matched to the dataset by its samples' source indices (so the authors' file serves an
 exact-pixel subset), or taken as they are when the file was made for these very images.
 
-Example:
+Examples:
     >>> from advcl_plugin.data import load_dataset, pseudo_labels_for
     >>> train = load_dataset("cifar10-offline", "train")                  # doctest: +SKIP
     >>> labels = pseudo_labels_for(train, "reference", ks=(2, 10))        # doctest: +SKIP

@@ -7,7 +7,7 @@
 
 Pixels stay in [0, 1] (no mean/std normalisation): the attack budget is in pixel units.
 
-Example:
+Examples:
     >>> from PIL import Image
     >>> import numpy as np
     >>> from advcl_plugin.data import AdvCLViews

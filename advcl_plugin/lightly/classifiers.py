@@ -1,7 +1,7 @@
 """lightly's benchmarking classifiers for robust finetuning: SLF, ALF (``LinearClassifier``) and AFF
 (``FinetuneClassifier``), trained on PGD examples when adversarial and validated with PGD accuracy.
 
-Example:
+Examples:
     >>> import torch
     >>> from advcl_plugin import cifar_resnet18
     >>> from advcl_plugin.lightly import RobustLinearClassifier
@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
 from typing import Any
 
 import torch
@@ -21,53 +21,45 @@ from lightly.utils.benchmarking import FinetuneClassifier, LinearClassifier
 from torch import Tensor, nn
 
 from advcl_plugin.core.attack import pgd_linf
-from advcl_plugin.core.config import HEAD_INITS
-from advcl_plugin.core.config import PAPER_EVALUATION as EVAL
-from advcl_plugin.core.config import PAPER_FINETUNE as SLF
-from advcl_plugin.core.trades import trades_kl_attack, trades_loss
+from advcl_plugin.evaluation.protocols import PAPER_FINETUNE, FinetuneSchedule
+from advcl_plugin.evaluation.trades import trades_kl_attack, trades_loss
 
 __all__ = ["AdversarialFinetuneClassifier", "RobustLinearClassifier"]
 
+#: lightly's ``FinetuneClassifier`` trains the encoder too: its default batch is the benchmark's AFF batch
+AFF_DEFAULT = PAPER_FINETUNE.replace(batch_size=128)
+
+
+def _schedule(given: FinetuneSchedule | None, default: FinetuneSchedule, changes: dict[str, Any]) -> FinetuneSchedule:
+    """``given`` (or ``default``) with ``changes`` applied: keywords named as the schedule's fields."""
+    schedule = given if given is not None else default
+    if given is not None and not isinstance(given, FinetuneSchedule):
+        raise TypeError(f"schedule must be a FinetuneSchedule, got {type(given).__name__}")
+    return schedule.replace(**changes) if changes else schedule.replace()
+
 
 class _RobustMixin:
-    """Adversarial training steps, robust validation and the authors' optimiser for lightly classifiers."""
+    """Adversarial training steps, robust validation and the schedule's optimiser for lightly classifiers."""
 
     model: nn.Module
     classification_head: nn.Module
+    schedule: FinetuneSchedule
 
-    def _robust_settings(
-        self,
-        adversarial: bool,
-        momentum: float,
-        weight_decay: float,
-        milestones: Sequence[int],
-        gamma: float,
-        attack_eps: float,
-        attack_step_size: float,
-        attack_steps: int,
-        val_attack_steps: int,
-    ) -> None:
-        for name, value in (("attack_eps", attack_eps), ("attack_step_size", attack_step_size)):
-            if not 0 <= value <= 1:
-                raise ValueError(f"{name} must lie in [0, 1] (pixel units), got {value}")
-        counts = {"attack_steps": attack_steps, "val_attack_steps": val_attack_steps}
-        for name, value in {**counts, "momentum": momentum, "weight_decay": weight_decay}.items():
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if gamma <= 0 or any(m < 0 for m in milestones):
-            raise ValueError(f"need gamma > 0 and milestones >= 0, got {gamma}, {list(milestones)}")
-        self.adversarial = adversarial
-        self.momentum, self.weight_decay = momentum, weight_decay
-        self.milestones, self.gamma = list(milestones), gamma
-        self.attack_eps, self.attack_step_size = attack_eps, attack_step_size
-        self.attack_steps, self.val_attack_steps = attack_steps, val_attack_steps
+    def _use_schedule(self, schedule: FinetuneSchedule, adversarial: bool) -> None:
+        self.schedule, self.adversarial = schedule, adversarial
+        self._start_head(schedule.head_init)
+        # lightly's save_hyperparameters() also collects this class's init arguments: keep the schedule as plain
+        # values, so that checkpoints stay loadable weights-only (a dataclass would be a pickled object)
+        for name in ("_hparams", "_hparams_initial"):
+            hparams = getattr(self, name, None)
+            if hparams is not None:
+                for key in ("schedule", "changes"):
+                    hparams.pop(key, None)
+                hparams["schedule"] = dataclasses.asdict(schedule)
 
     def _start_head(self, head_init: str) -> None:
         """``"default"``: nn.Linear's initialisation (the AdvCL authors' script); ``"zeros"``: weight and bias
         zero (the RobustSSL benchmark's, in every mode)."""
-        if head_init not in HEAD_INITS:
-            raise ValueError(f"head_init must be one of {list(HEAD_INITS)}, got {head_init!r}")
-        self.head_init = head_init
         if head_init == "zeros":
             with torch.no_grad():
                 for tensor in self.classification_head.parameters():
@@ -85,9 +77,9 @@ class _RobustMixin:
             return pgd_linf(
                 lambda z: F.cross_entropy(self.logits(z), targets, reduction="sum"),
                 images,
-                self.attack_eps,
+                self.schedule.attack_eps,
                 steps,
-                self.attack_step_size,
+                self.schedule.attack_step_size,
             )
         finally:
             self.model.train(was_training)
@@ -95,14 +87,14 @@ class _RobustMixin:
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         images, targets = batch[0], batch[1]
         if self.adversarial:
-            images = self.adversarial_examples(images, targets, self.attack_steps)
+            images = self.adversarial_examples(images, targets, self.schedule.attack_steps)
         return super().training_step((images, targets), batch_idx)  # type: ignore[misc]
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         loss = super().validation_step(batch, batch_idx)  # type: ignore[misc]
         images, targets = batch[0], batch[1]
         with torch.enable_grad():  # the Trainer needs inference_mode=False for this
-            adversarial = self.adversarial_examples(images, targets, self.val_attack_steps)
+            adversarial = self.adversarial_examples(images, targets, self.schedule.val_attack_steps)
         with torch.no_grad():
             robust = (self.logits(adversarial).argmax(1) == targets).float().mean()
         self.log("val_robust_top1", robust, prog_bar=True, batch_size=len(targets), sync_dist=True)  # type: ignore[attr-defined]
@@ -111,20 +103,25 @@ class _RobustMixin:
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.SGD(
             self.get_trainable_parameters(),  # type: ignore[attr-defined]
-            lr=self.lr,  # type: ignore[attr-defined]
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
+            lr=self.schedule.lr,
+            momentum=self.schedule.momentum,
+            weight_decay=self.schedule.weight_decay,
         )
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, self.milestones, self.gamma)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(self.schedule.milestones), self.schedule.gamma)
         return [optimizer], [{"scheduler": scheduler, "interval": "epoch"}]
 
 
 class RobustLinearClassifier(_RobustMixin, LinearClassifier):
     """lightly's ``LinearClassifier`` (frozen encoder in eval mode) for SLF, or ALF with ``adversarial=True``.
 
-    Defaults are the authors' SLF settings: SGD lr 0.01, momentum 0.9, weight decay 2e-4,
-    lr / 10 at epochs 15 and 20; PGD (ALF training: 10 steps, validation: ``val_attack_steps``)
-    at eps 8/255 with steps of 2/255.  Validation logs ``val_top1`` and ``val_robust_top1``.
+    Args:
+        schedule: the :class:`~advcl_plugin.evaluation.protocols.FinetuneSchedule` to train with (default: the
+            AdvCL authors' SLF: SGD lr 0.01, momentum 0.9, weight decay 2e-4, lr / 10 at epochs 15 and 20; PGD-10
+            at eps 8/255 with steps of 2/255 for ALF and validation); the RobustSSL benchmark's is
+            ``robustssl_protocol(method).slf``.
+        **changes: single settings of the schedule changed by name (``lr=0.1``, ``head_init="zeros"``).
+
+    Validation logs ``val_top1`` and ``val_robust_top1``.
     """
 
     def __init__(
@@ -132,27 +129,14 @@ class RobustLinearClassifier(_RobustMixin, LinearClassifier):
         model: nn.Module,
         feature_dim: int,
         num_classes: int,
+        schedule: FinetuneSchedule | None = None,
         *,
         adversarial: bool = False,
-        batch_size: int = SLF.batch_size,
-        lr: float = SLF.lr,
-        momentum: float = SLF.momentum,
-        weight_decay: float = SLF.weight_decay,
-        milestones: Sequence[int] = SLF.milestones,
-        gamma: float = SLF.gamma,
-        attack_eps: float = EVAL.eps,
-        attack_step_size: float = EVAL.step_size,
-        attack_steps: int = SLF.attack_steps,
-        val_attack_steps: int = SLF.attack_steps,
-        head_init: str = SLF.head_init,
+        **changes: Any,
     ) -> None:
-        super().__init__(model, batch_size, lr, feature_dim, num_classes, topk=(1,))
-        self._robust_settings(
-            adversarial, momentum, weight_decay, milestones, gamma, attack_eps, attack_step_size, attack_steps,
-            val_attack_steps,
-        )  # fmt: skip
-        self._start_head(head_init)
-
+        chosen = _schedule(schedule, PAPER_FINETUNE, changes).validate(mode="alf" if adversarial else "slf")
+        super().__init__(model, chosen.batch_size, chosen.lr, feature_dim, num_classes, topk=(1,))
+        self._use_schedule(chosen, adversarial)
 
     def setup(self, stage: str) -> None:
         """The encoder's parameters are frozen while the Trainer runs (lightly's ``LinearClassifier`` only runs it
@@ -173,57 +157,44 @@ class RobustLinearClassifier(_RobustMixin, LinearClassifier):
 class AdversarialFinetuneClassifier(_RobustMixin, FinetuneClassifier):
     """lightly's ``FinetuneClassifier`` for AFF: encoder and head trained on PGD examples
     (``loss="ce"``, the AdvCL authors' AFF) or with TRADES (``loss="trades"``, the RobustSSL
-    benchmark's AFF: KL attack in eval mode, :func:`advcl_plugin.core.trades.trades_loss` in train mode)."""
+    benchmark's AFF: KL attack in eval mode, :func:`advcl_plugin.evaluation.trades.trades_loss` in train mode).
+
+    Args:
+        schedule: the :class:`~advcl_plugin.evaluation.protocols.FinetuneSchedule` to train with (default: the
+            authors' schedule at batch 128); the RobustSSL benchmark's is ``robustssl_protocol(method).aff``.
+        **changes: single settings of the schedule changed by name (``loss="trades"``, ``trades_beta=6``).
+    """
 
     def __init__(
         self,
         model: nn.Module,
         feature_dim: int,
         num_classes: int,
-        *,
-        batch_size: int = 128,
-        lr: float = SLF.lr,
-        momentum: float = SLF.momentum,
-        weight_decay: float = SLF.weight_decay,
-        milestones: Sequence[int] = SLF.milestones,
-        gamma: float = SLF.gamma,
-        attack_eps: float = EVAL.eps,
-        attack_step_size: float = EVAL.step_size,
-        attack_steps: int = SLF.attack_steps,
-        val_attack_steps: int = SLF.attack_steps,
-        loss: str = SLF.loss,
-        trades_beta: float = SLF.trades_beta,
-        head_init: str = SLF.head_init,
+        schedule: FinetuneSchedule | None = None,
+        **changes: Any,
     ) -> None:
-        if loss not in ("ce", "trades"):
-            raise ValueError(f"loss must be 'ce' or 'trades', got {loss!r}")
-        if trades_beta < 0:
-            raise ValueError(f"trades_beta must be >= 0 (a negative weight rewards the divergence), got {trades_beta}")
-        super().__init__(model, batch_size, lr, feature_dim, num_classes, topk=(1,))
-        self._robust_settings(
-            True, momentum, weight_decay, milestones, gamma, attack_eps, attack_step_size, attack_steps,
-            val_attack_steps,
-        )  # fmt: skip
-        self.loss, self.trades_beta = loss, trades_beta
-        self._start_head(head_init)
+        chosen = _schedule(schedule, AFF_DEFAULT, changes).validate(mode="aff")
+        super().__init__(model, chosen.batch_size, chosen.lr, feature_dim, num_classes, topk=(1,))
+        self._use_schedule(chosen, True)
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        if self.loss == "ce":
+        if self.schedule.loss == "ce":
             return super().training_step(batch, batch_idx)
         images, targets = batch[0], batch[1]
         was_training = self.model.training
         self.model.eval()
         self.classification_head.eval()
         try:
+            schedule = self.schedule
             adversarial = trades_kl_attack(
-                self.logits, images, self.attack_eps, self.attack_steps, self.attack_step_size
+                self.logits, images, schedule.attack_eps, schedule.attack_steps, schedule.attack_step_size
             )
         finally:
             self.model.train(was_training)
             self.classification_head.train(was_training)
         # two forward passes, as the benchmark does: each batch gets its own BN statistics
         natural_logits, adversarial_logits = self.logits(images), self.logits(adversarial)
-        loss = trades_loss(natural_logits, adversarial_logits, targets, self.trades_beta)
+        loss = trades_loss(natural_logits, adversarial_logits, targets, self.schedule.trades_beta)
         accuracy = (natural_logits.argmax(1) == targets).float().mean()
         self.log("train_loss", loss, prog_bar=True, sync_dist=True, batch_size=len(targets))
         self.log("train_top1", accuracy, sync_dist=True, batch_size=len(targets))

@@ -16,7 +16,7 @@ try:
     import solo.methods
 except ImportError as error:  # pragma: no cover - exercised only without solo-learn
     raise ImportError(
-        "advcl_plugin.solo needs solo-learn: install it from its source (see the README, 'Use with solo-learn')"
+        "advcl_plugin.solo needs solo-learn: install it from its source (see docs/guides/solo-learn.md)"
     ) from error
 
 from omegaconf import OmegaConf

@@ -22,6 +22,7 @@ from advcl_plugin.core.config import PAPER, PAPER_VIEWS, AdvCLConfig
 from advcl_plugin.core.heads import ProjectionHead, PseudoLabelHeads
 from advcl_plugin.core.objective import AdvCLObjective
 from advcl_plugin.core.pixels import NormalizedEncoder, random_padded_crop, unnormalize
+from advcl_plugin.core.references import Unowned
 from advcl_plugin.core.routed_bn import convert_to_multi_bn
 from advcl_plugin.data.pseudo_labels import pseudo_labels_for_file
 from advcl_plugin.solo.common import (
@@ -31,6 +32,7 @@ from advcl_plugin.solo.common import (
     refuse_dali,
     split_method_kwargs,
     split_original_view,
+    warm_start_backbones,
 )
 
 __all__ = ["SOLO_KWARGS", "AdvCL"]
@@ -42,6 +44,7 @@ SOLO_KWARGS: dict[str, Any] = {
     "pseudo_labels_path": None,  # a file from `advcl pseudo-labels`, or the authors' CIFAR-10 file
     "original_view_padding": PAPER_VIEWS.original_padding,
     "gather_distributed": True,
+    "init_from": None,  # warm start: every BN route from a clean encoder (solo checkpoint, encoder.pt, state dict)
 }
 
 
@@ -64,6 +67,7 @@ class AdvCL(RoutedMethodMixin, BaseMethod):
         self.original_view_index = split_original_view(self, cfg, required=True, multicrop=False)
         self.pixel_mean, self.pixel_std = pipeline_statistics(cfg)
         convert_to_multi_bn(self.backbone, config.bn_routes)
+        warm_start_backbones(self, own["init_from"])
         self.projector = ProjectionHead(
             self.features_dim, own["proj_hidden_dim"] or self.features_dim, config.projection_dim
         )
@@ -76,8 +80,7 @@ class AdvCL(RoutedMethodMixin, BaseMethod):
             feature_dim=self.features_dim,
             gather_distributed=bool(own["gather_distributed"]),
         )
-        # not registered as a sub-module: it only references modules registered above
-        object.__setattr__(self, "objective", objective)
+        self._objective = Unowned(objective)  # it only uses modules registered above
         self.register_buffer("pseudo_labels", torch.zeros(0, 0, dtype=torch.long), persistent=False)
         if config.use_pseudo_labels:
             if not own["pseudo_labels_path"]:
@@ -86,6 +89,11 @@ class AdvCL(RoutedMethodMixin, BaseMethod):
                     "authors' CIFAR-10 file), or method_kwargs.use_pseudo_labels=false"
                 )
             self.pseudo_label_info, self.pseudo_labels = pseudo_labels_for_file(own["pseudo_labels_path"], config.ks)
+
+    @property
+    def objective(self) -> AdvCLObjective:
+        """The core's objective over this method's backbone, projector and heads (not a sub-module of its own)."""
+        return self._objective.target
 
     @staticmethod
     def add_and_assert_specific_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
@@ -147,7 +155,7 @@ class AdvCL(RoutedMethodMixin, BaseMethod):
         """solo-learn's online linear probe and k-NN on the exported route for the two large crops, logged as
         solo-learn's built-in methods log them; returns the probe's loss (it trains only the classifier)."""
         outs = [probe_outputs(self, view, targets) for view in views]
-        loss = sum(out["loss"] for out in outs) / len(outs)
+        loss: Tensor = sum(out["loss"] for out in outs) / len(outs)  # type: ignore[assignment]
         self.log_dict(
             {
                 "train_class_loss": loss,

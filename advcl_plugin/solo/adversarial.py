@@ -7,7 +7,9 @@ Each variant trains its parent method exactly as solo-learn does (clean crops, B
 adapter exports): ``delta`` is found by L-inf PGD in [0, 1] pixel space against the method's own
 loss between ``x + delta`` and the first crop (for BYOL and MoCo v2+, the momentum encoder's
 output of that crop), through the backbone's ``"pgd"`` BN route, and the same loss at
-``x + delta`` is added to the training loss with weight ``adv_weight``.  ``x`` is AdvCL's original
+``x + delta`` is added to the training loss with weight ``adversarial_weight``.  The attack's keys are named as
+``method: advcl`` names them (``eps``, ``steps``, ``step_size``; the 0.1 names ``adv_eps`` ... still work,
+with a deprecation warning).  ``x`` is AdvCL's original
 view when the recipe declares one (as a small crop, see
 :data:`advcl_plugin.solo.common.ORIGINAL_VIEW_HELP`), else the first crop.  Extra small crops
 (multi-crop) go to the parent for ``simclr_adv`` and ``byol_adv``, whose parents use them; the other
@@ -17,6 +19,7 @@ the same routed BN, so the momentum update pairs parameters one to one.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import omegaconf
@@ -38,6 +41,7 @@ from torch import Tensor
 from advcl_plugin.core.adversarial_view import AdversarialView
 from advcl_plugin.core.config import PAPER, PAPER_VIEWS
 from advcl_plugin.core.pixels import random_padded_crop
+from advcl_plugin.core.references import Unowned
 from advcl_plugin.core.routed_bn import convert_to_multi_bn
 from advcl_plugin.solo.common import (
     RoutedMethodMixin,
@@ -46,6 +50,7 @@ from advcl_plugin.solo.common import (
     refuse_dali,
     split_method_kwargs,
     split_original_view,
+    warm_start_backbones,
 )
 
 __all__ = [
@@ -56,16 +61,46 @@ __all__ = [
     "SimCLRAdv",
     "SimSiamAdv",
     "VICRegAdv",
+    "renamed_method_kwargs",
 ]
 
-#: extra method_kwargs of the adversarial variants (the parent's own keys stay as they are)
+#: extra method_kwargs of the adversarial variants (the parent's own keys stay as they are), named as
+#: ``method: advcl`` and :class:`~advcl_plugin.core.config.AdvCLConfig` name them
 ADVERSARIAL_DEFAULTS: dict[str, Any] = {
-    "adv_eps": PAPER.eps,
-    "adv_steps": PAPER.steps,
-    "adv_step_size": PAPER.step_size,
-    "adv_weight": 1.0,
-    "adv_original_view_padding": PAPER_VIEWS.original_padding,
+    "eps": PAPER.eps,
+    "steps": PAPER.steps,
+    "step_size": PAPER.step_size,
+    "adversarial_weight": 1.0,
+    "original_view_padding": PAPER_VIEWS.original_padding,
+    "init_from": None,  # warm start: every BN route from a clean encoder (solo checkpoint, encoder.pt, state dict)
 }
+#: the names of advcl-plugin 0.1, still read (with a DeprecationWarning naming the new key)
+DEPRECATED_KEYS: dict[str, str] = {
+    "adv_eps": "eps",
+    "adv_steps": "steps",
+    "adv_step_size": "step_size",
+    "adv_weight": "adversarial_weight",
+    "adv_original_view_padding": "original_view_padding",
+}
+
+
+def renamed_method_kwargs(cfg: omegaconf.DictConfig, method: str) -> None:
+    """Rename the 0.1 keys (``adv_eps`` ...) of ``cfg.method_kwargs`` in place, warning once per key; both
+    spellings of one setting are refused."""
+    if "method_kwargs" not in cfg or cfg.method_kwargs is None:
+        return
+    for old, new in DEPRECATED_KEYS.items():
+        if old not in cfg.method_kwargs:
+            continue
+        if new in cfg.method_kwargs:
+            raise ValueError(f"method {method!r}: method_kwargs has both {old} and {new}; give {new} only")
+        warnings.warn(
+            f"method_kwargs.{old} is deprecated (advcl-plugin 0.2): write method_kwargs.{new}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        cfg.method_kwargs[new] = cfg.method_kwargs[old]
+        del cfg.method_kwargs[old]
 
 
 class AdversarialViewMixin(RoutedMethodMixin):
@@ -79,7 +114,9 @@ class AdversarialViewMixin(RoutedMethodMixin):
 
     def __init__(self, cfg: omegaconf.DictConfig) -> None:
         refuse_dali(cfg, str(cfg.method))
-        given = omegaconf.OmegaConf.to_container(cfg.method_kwargs, resolve=True) or {}
+        renamed_method_kwargs(cfg, str(cfg.method))
+        tree = omegaconf.OmegaConf.to_container(cfg.method_kwargs, resolve=True) or {}
+        given: dict[str, Any] = {str(k): v for k, v in dict(tree).items()}  # type: ignore[arg-type]
         parent_keys = tuple(k for k in given if k not in ADVERSARIAL_DEFAULTS)
         _, adversarial = split_method_kwargs(cfg, ADVERSARIAL_DEFAULTS, type(self).__name__, parent_keys)
         cfg.method_kwargs = omegaconf.OmegaConf.create({k: given[k] for k in parent_keys})  # the parent's own keys
@@ -92,17 +129,22 @@ class AdversarialViewMixin(RoutedMethodMixin):
         convert_to_multi_bn(self.backbone, ("normal", "pgd"))  # type: ignore[attr-defined]
         if hasattr(self, "momentum_backbone"):
             convert_to_multi_bn(self.momentum_backbone, ("normal", "pgd"))
+        warm_start_backbones(self, adversarial["init_from"])
         view = AdversarialView(
             self.backbone,  # type: ignore[attr-defined]
-            self,  # solo-learn's forward: normalised images -> {"z": ..., "p": ...}
+            self,  # type: ignore[arg-type]  # solo-learn's forward: normalised images -> {"z": ..., "p": ...}
             self.adversarial_view_loss,
-            eps=float(adversarial["adv_eps"]),
-            steps=int(adversarial["adv_steps"]),
-            step_size=float(adversarial["adv_step_size"]),
+            eps=float(adversarial["eps"]),
+            steps=int(adversarial["steps"]),
+            step_size=float(adversarial["step_size"]),
             mean=mean,
             std=std,
         )
-        object.__setattr__(self, "adversarial_view", view)  # holds no tensors of its own
+        self._adversarial_view = Unowned(view)  # it only uses modules registered above
+
+    @property
+    def adversarial_view(self) -> AdversarialView:
+        return self._adversarial_view.target
 
     # -- method-specific pieces ---------------------------------------------------------
     def adversarial_reference(self, view: Tensor) -> Tensor:
@@ -128,7 +170,7 @@ class AdversarialViewMixin(RoutedMethodMixin):
         view = self.adversarial_view
         if self.original_view_index is not None:
             start = view.to_pixels(views[self.original_view_index].float())
-            start = random_padded_crop(start, int(self.adversarial["adv_original_view_padding"]))
+            start = random_padded_crop(start, int(self.adversarial["original_view_padding"]))
         else:
             start = view.to_pixels(crops[0].float())
         reference = self.adversarial_reference(crops[0])
@@ -144,7 +186,7 @@ class AdversarialViewMixin(RoutedMethodMixin):
             on_epoch=True,
             sync_dist=True,
         )
-        return loss + self.adversarial["adv_weight"] * adversarial_loss
+        return loss + self.adversarial["adversarial_weight"] * adversarial_loss
 
 
 class SimCLRAdv(AdversarialViewMixin, SimCLR):

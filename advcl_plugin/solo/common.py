@@ -17,16 +17,16 @@ from advcl_plugin.core.config import parse_number
 from advcl_plugin.core.routed_bn import (
     bn_route,
     convert_legacy_routed_state_dict,
-    convert_routed_sync_batchnorm,
     is_legacy_routed_state_dict,
+    routed_layer_sync,
 )
 
 __all__ = [
     "EXPORTED_ROUTE",
     "NEUTRAL_AUGMENTATION",
     "ORIGINAL_VIEW_HELP",
+    "RoutedLayerSync",
     "RoutedMethodMixin",
-    "RoutedSyncBatchNorm",
     "exported_route_features",
     "keep_routes_under_sync_batchnorm",
     "pipeline_statistics",
@@ -35,6 +35,7 @@ __all__ = [
     "split_method_kwargs",
     "split_original_view",
     "upgrade_legacy_checkpoint",
+    "warm_start_backbones",
 ]
 
 ORIGINAL_VIEW_HELP = (
@@ -62,8 +63,8 @@ def split_method_kwargs(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split ``cfg.method_kwargs`` into the keys of ``core_keys`` (for the core's config) and this adapter's
     own keys (``own``: name -> default). Unknown keys are refused with the list of valid ones."""
-    given = omegaconf.OmegaConf.to_container(cfg.method_kwargs, resolve=True) if "method_kwargs" in cfg else {}
-    given = {k: parse_number(v) for k, v in dict(given or {}).items()}
+    tree = omegaconf.OmegaConf.to_container(cfg.method_kwargs, resolve=True) if "method_kwargs" in cfg else {}
+    given: dict[str, Any] = {str(k): parse_number(v) for k, v in dict(tree or {}).items()}  # type: ignore[arg-type]
     valid = set(own) | set(core_keys)
     unknown = sorted(set(given) - valid)
     if unknown:
@@ -138,14 +139,14 @@ def split_original_view(module: Any, cfg: omegaconf.DictConfig, required: bool, 
     if len(marked) > 1:
         raise ValueError(f"{len(marked)} augmentations entries are marked original_view: true; mark one")
     large_size = entries[0].crop_size
-    small = [a for a in entries if a.crop_size != large_size]
+    small_crops = [a for a in entries if a.crop_size != large_size]
     if marked:
         entry = entries[marked[0]]
         if marked[0] != len(entries) - 1 or entry.crop_size == large_size or entry.num_crops != 1:
             raise ValueError(f"the entry marked original_view is not declared as expected: {ORIGINAL_VIEW_HELP}")
     elif required:
         raise ValueError(f"method {method!r} needs AdvCL's original (mildly augmented) view: {ORIGINAL_VIEW_HELP}")
-    multicrops = sum(int(a.num_crops) for a in small) - (1 if marked else 0)
+    multicrops = sum(int(a.num_crops) for a in small_crops) - (1 if marked else 0)
     if multicrops and not multicrop:
         raise ValueError(
             f"method {method!r} does not take solo-learn's small crops (multi-crop): the recipe has {multicrops} small "
@@ -163,6 +164,45 @@ def split_original_view(module: Any, cfg: omegaconf.DictConfig, required: bool, 
     module.num_crops -= 1
     module.multicrop = module.num_small_crops != 0
     return module.num_crops
+
+
+def clean_backbone_state(path: str) -> dict[str, Tensor]:
+    """The clean encoder's weights in ``path`` (``method_kwargs.init_from``), read weights-only: a solo-learn
+    checkpoint of a clean method (its ``backbone.*``, e.g. SimCLR's), this package's ``encoder.pt``, or a
+    plain state dict of the backbone."""
+    from advcl_plugin._io import read_weights
+
+    payload = read_weights(path)
+    if not isinstance(payload, dict):
+        raise ValueError(f"method_kwargs.init_from={path} holds a {type(payload).__name__}, not a checkpoint")
+    state = payload.get("state_dict", payload)
+    if not isinstance(state, dict):
+        raise ValueError(f"method_kwargs.init_from={path} holds no state dict")
+    if any(key.startswith("backbone.") for key in state):  # a solo-learn checkpoint: its backbone only
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    if any(".aux_routes." in key for key in state):
+        raise ValueError(
+            f"method_kwargs.init_from={path} holds a routed (adversarially trained) backbone; a warm start takes a "
+            "clean encoder (export one route first, or continue that run with solo-learn's resume)"
+        )
+    return state
+
+
+def warm_start_backbones(module: Any, path: str | None) -> None:
+    """``method_kwargs.init_from``: every BN route of the method's backbone (and of its momentum backbone, which
+    must start equal) starts from the clean encoder at ``path`` (strict; see
+    :func:`advcl_plugin.core.routed_bn.load_clean_encoder`).  solo-learn itself has no such option for
+    pretraining (only ``resume_from_checkpoint``, which continues a run of the same method)."""
+    if not path:
+        return
+    from advcl_plugin._io import check_weights
+    from advcl_plugin.core.routed_bn import load_clean_encoder
+
+    state = clean_backbone_state(str(path))
+    check_weights(state, path)
+    for name in ("backbone", "momentum_backbone"):
+        if hasattr(module, name):
+            load_clean_encoder(getattr(module, name), state, source=f"method_kwargs.init_from={path}")
 
 
 def upgrade_legacy_checkpoint(checkpoint: dict[str, Any]) -> None:
@@ -204,24 +244,16 @@ def probe_outputs(module: Any, images: Tensor, targets: Tensor) -> dict[str, Ten
     return {"loss": loss, "acc1": acc1, "acc5": acc5, "logits": logits, "feats": features}
 
 
-class RoutedSyncBatchNorm(LayerSync):
-    """Lightning's ``sync_batchnorm: true`` for routed BN: every route of every routed layer synchronised.
-    (Lightning's own plugin would turn each routed layer into one plain SyncBatchNorm: every route would
-    then share the ``"pgd"`` statistics.)"""
-
-    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
-        return convert_routed_sync_batchnorm(model)
-
-    def revert(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model
+#: Lightning's ``sync_batchnorm: true`` for routed BN (every route of every routed layer synchronised)
+RoutedLayerSync = routed_layer_sync(LayerSync)
 
 
 def keep_routes_under_sync_batchnorm(trainer: Any) -> None:
     """Swap the trainer's SyncBatchNorm plugin (set by ``sync_batchnorm: true``, applied by DDP/FSDP after
-    the module's ``setup`` hook) for :class:`RoutedSyncBatchNorm`."""
+    the module's ``setup`` hook) for :class:`RoutedLayerSync`."""
     strategy = trainer.strategy
-    if getattr(strategy, "_layer_sync", None) is not None and not isinstance(strategy._layer_sync, RoutedSyncBatchNorm):
-        strategy._layer_sync = RoutedSyncBatchNorm()
+    if getattr(strategy, "_layer_sync", None) is not None and not isinstance(strategy._layer_sync, RoutedLayerSync):
+        strategy._layer_sync = RoutedLayerSync()
 
 
 class RoutedMethodMixin:
@@ -230,7 +262,7 @@ class RoutedMethodMixin:
     * the online linear probe (``train_acc1``, ``val_acc1``) and the k-NN (``val_knn_acc1``) see the
       exported route ``"pgd"`` in eval mode, the encoder that ``main_linear.py`` receives (not the
       route the clean crops train with);
-    * ``sync_batchnorm: true`` keeps every route (:class:`RoutedSyncBatchNorm`);
+    * ``sync_batchnorm: true`` keeps every route (:class:`RoutedLayerSync`);
     * checkpoints of advcl-plugin <= 0.1 load (:func:`upgrade_legacy_checkpoint`);
     * checkpoints hold data only, so that ``main_linear.py`` (``torch.load``, weights only by default
       since PyTorch 2.6) reads them: solo-learn's fixed-lr patch of the scheduler (a

@@ -67,7 +67,7 @@ def apply_lightning_compat() -> None:
             def tolerant(metric: Any, *a: Any, compute_on_step: Any = None, **kw: Any) -> None:
                 metric_init(metric, *a, **kw)
 
-            Metric.__init__ = tolerant  # type: ignore[method-assign]
+            Metric.__init__ = tolerant  # type: ignore[method-assign, assignment]
             try:
                 original_init(self, *args, **kwargs)
             finally:

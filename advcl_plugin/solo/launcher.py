@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from advcl_plugin.data.arguments import add_data_arguments
+
 __all__ = ["find_solo_script", "main"]
 
 SCRIPTS = {"pretrain": "main_pretrain.py", "linear": "main_linear.py"}
@@ -95,8 +97,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     from torch.utils.data import DataLoader
 
-    from advcl_plugin.core.robustness import robustness_metrics
     from advcl_plugin.data import load_dataset
+    from advcl_plugin.evaluation.robustness import robustness_metrics
 
     model, cfg = solo_linear_classifier(args.checkpoint)
     solo_dataset = cfg["data"]["dataset"] if cfg else "cifar10"
@@ -207,10 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     evaluate = argparse.ArgumentParser(prog="advcl-solo evaluate")
     evaluate.add_argument("--checkpoint", required=True, help="a main_linear.py checkpoint")
-    evaluate.add_argument("--dataset", default="cifar10", help="advcl dataset name (cifar10, folder:<path>, ...)")
-    evaluate.add_argument("--root", default="./datasets")
-    evaluate.add_argument("--download", action="store_true")
-    evaluate.add_argument("--data-dir", default=None)
+    add_data_arguments(evaluate, dataset_default="cifar10")
     evaluate.add_argument("--samples", type=int, default=None)
     evaluate.add_argument("--aa-samples", type=int, default=1000)
     evaluate.add_argument("--batch-size", type=int, default=256)

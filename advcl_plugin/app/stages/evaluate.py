@@ -1,4 +1,4 @@
-"""``advcl evaluate``: a finetuned classifier of a run measured with ``advcl_plugin.core.robustness`` on the
+"""``advcl evaluate``: a finetuned classifier of a run measured with ``advcl_plugin.evaluation.robustness`` on the
 test split of the recipe's evaluation data, written as JSON (and test features for the t-SNE plot)."""
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from torch.utils.data import DataLoader
 
 from advcl_plugin._io import atomic_savez
 from advcl_plugin.app.artifacts import load_classifier, write_record
-from advcl_plugin.app.config import EvalConfig, Recipe, protocol_deviations
 from advcl_plugin.app.data import evaluation_loader, load_split
 from advcl_plugin.app.lightning import stage_device
 from advcl_plugin.app.processes import barrier, is_global_zero_process
+from advcl_plugin.app.protocols import protocol_deviations
+from advcl_plugin.app.recipe import EvalConfig, Recipe
 from advcl_plugin.app.rundir import protocol_tag, run_directory_lock
-from advcl_plugin.core.robustness import evaluation_subset, robustness_metrics
+from advcl_plugin.evaluation.robustness import evaluation_subset, robustness_metrics
 
 __all__ = ["encoder_features", "evaluate", "evaluate_classifier"]
 

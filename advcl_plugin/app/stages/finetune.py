@@ -18,22 +18,24 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from advcl_plugin._io import atomic_write_json, read_json
 from advcl_plugin.app.artifacts import RobustClassifier, load_encoder, read_checkpoint, save_classifier, write_record
-from advcl_plugin.app.config import FinetuneConfig, Recipe, protocol_deviations
 from advcl_plugin.app.data import load_split, target_image_size
 from advcl_plugin.app.lightning import trainer_kwargs
 from advcl_plugin.app.processes import barrier
+from advcl_plugin.app.protocols import protocol_deviations
+from advcl_plugin.app.recipe import FinetuneConfig, Recipe
 from advcl_plugin.app.rundir import protocol_tag, run_directory_lock
 from advcl_plugin.lightly.classifiers import AdversarialFinetuneClassifier, RobustLinearClassifier
 
@@ -116,14 +118,16 @@ def _finetune(
         pin_memory=pin,
     )
     feature_dim, num_classes = int(encoder_info["feature_dim"]), train.num_classes
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("epochs", "val_fraction")}
+    schedule = config.schedule()
     if mode == "aff":
-        module: pl.LightningModule = AdversarialFinetuneClassifier(backbone, feature_dim, num_classes, **settings)
+        module: pl.LightningModule = AdversarialFinetuneClassifier(backbone, feature_dim, num_classes, schedule)
     else:
-        settings = {k: v for k, v in settings.items() if k not in ("loss", "trades_beta")}
-        module = RobustLinearClassifier(backbone, feature_dim, num_classes, adversarial=mode == "alf", **settings)
+        module = RobustLinearClassifier(backbone, feature_dim, num_classes, schedule, adversarial=mode == "alf")
 
-    callbacks = [ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", enable_version_counter=False)]
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", enable_version_counter=False)
+    ]
+    best: ModelCheckpoint | None = None
     if val_loader is not None:
         best = ModelCheckpoint(
             dirpath=output_dir / "checkpoints", filename="best", monitor="val_robust_top1", mode="max"
@@ -167,12 +171,13 @@ def _finetune(
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=str(resume) if resume else None)
     deviations = {k: v for k, v in protocol_deviations(recipe, (mode,)).items() if k.startswith("finetune.")}
     selection = "last epoch"
-    if val_loader is not None and callbacks[1].best_model_path:
-        state = read_checkpoint(callbacks[1].best_model_path)["state_dict"]
+    if best is not None and best.best_model_path:
+        state = read_checkpoint(best.best_model_path)["state_dict"]
         module.load_state_dict(state)
         selection = f"best held-out PGD-{config.val_attack_steps} accuracy ({config.val_fraction:.0%} of train)"
-    classifier = RobustClassifier(module.model, feature_dim, num_classes)
-    classifier.head.load_state_dict(module.classification_head.state_dict())
+    encoder, head = cast(nn.Module, module.model), cast(nn.Module, module.classification_head)
+    classifier = RobustClassifier(encoder, feature_dim, num_classes)
+    classifier.head.load_state_dict(head.state_dict())
     path = output_dir / "classifier.pt"
     summary = {
         "mode": mode,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from advcl_plugin._io import atomic_write
-from advcl_plugin.app.config import DataConfig
 from advcl_plugin.app.data import load_split
+from advcl_plugin.app.recipe import DataConfig
 
 __all__ = ["write_image_folder"]
 
@@ -24,7 +25,11 @@ def write_image_folder(data: DataConfig, output: str | Path, train: int | None, 
             directory = output / folder / names[int(dataset.labels[index])]
             directory.mkdir(parents=True, exist_ok=True)
             image = dataset.image(index)
+
             # atomic, without a disk flush per image (thousands of small files)
-            atomic_write(directory / f"{index:05d}.png", lambda handle, i=image: i.save(handle, format="PNG"), False)
+            def write(handle: Any, picture: Any = image) -> None:
+                picture.save(handle, format="PNG")
+
+            atomic_write(directory / f"{index:05d}.png", write, False)
         written[folder] = total
     return written

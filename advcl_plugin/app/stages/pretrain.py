@@ -1,9 +1,9 @@
 """``advcl pretrain``: AdvCL or a baseline with Lightning (``pytorch_lightning``, the trainer lightly uses).
 
-Example:
-    >>> from advcl_plugin.app.config import load_recipe
+Examples:
+    >>> from advcl_plugin.app.recipe import load_recipe
     >>> from advcl_plugin.app.lightning import AdvCLPretrainModule
-    >>> module = AdvCLPretrainModule(load_recipe("demo", ["method=simclr"]).to_dict())
+    >>> module = AdvCLPretrainModule(load_recipe("demo", ["method=simclr"]))
     >>> module.objective.config.attack
     'none'
 """
@@ -22,11 +22,11 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from advcl_plugin._io import atomic_write_text, check_weights
-from advcl_plugin.app.artifacts import load_encoder, read_checkpoint, save_encoder, write_record
-from advcl_plugin.app.config import Recipe
+from advcl_plugin.app.artifacts import describe_encoder, load_encoder, read_checkpoint, save_encoder, write_record
 from advcl_plugin.app.data import EpochSeededSampler, SeededSamples, pretraining_data
 from advcl_plugin.app.lightning import AdvCLPretrainModule, NumberedSnapshots, check_same_setup, trainer_kwargs
 from advcl_plugin.app.processes import barrier, is_global_zero_process
+from advcl_plugin.app.recipe import Recipe
 from advcl_plugin.app.rundir import check_run_name, run_directory_lock
 from advcl_plugin.core.routed_bn import export_bn_route, load_clean_encoder
 
@@ -37,14 +37,10 @@ def export_encoder(module: AdvCLPretrainModule, path: str | Path, route: str | N
     """Save the backbone with ordinary BatchNorm holding ``route`` (default: the method's
     downstream route, ``pgd`` for adversarial methods) as a self-describing ``encoder.pt``."""
     route = route or module.objective.config.downstream_route
-    info = {
-        "arch": module.recipe.model.arch,
-        "width": module.recipe.model.width,
-        "feature_dim": module.objective.feature_dim,
-        "route": route,
-        "method": module.recipe.method,
-        "recipe": module.recipe.name,
-    }
+    recipe = module.recipe
+    info = describe_encoder(
+        recipe.model.arch, recipe.model.width, module.objective.feature_dim, route, recipe.method, recipe=recipe.name
+    )
     return save_encoder(export_bn_route(module.objective.backbone, route), path, info)
 
 
@@ -119,7 +115,7 @@ def _pretrain(recipe: Recipe, progress: bool) -> dict[str, Any]:
         check_same_setup(saved, recipe.to_dict(), resume)
         check_weights(payload.get("state_dict", {}), resume)
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
-    module = AdvCLPretrainModule(recipe.to_dict())
+    module = AdvCLPretrainModule(recipe)
     warm_start = warm_start_from(recipe, module) if resume is None and recipe.model.init_from else None
     dataset, labels = pretraining_data(recipe.data, recipe.pseudo_labels, module.pseudo_label_ks or None)
     module.set_pseudo_labels(labels)

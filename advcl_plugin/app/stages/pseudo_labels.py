@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from advcl_plugin.app.artifacts import load_encoder
-from advcl_plugin.app.config import DataConfig
 from advcl_plugin.app.data import load_split
+from advcl_plugin.app.recipe import DataConfig
 from advcl_plugin.core.clusterfit import PseudoLabels, cluster_pseudo_labels, compute_features
 from advcl_plugin.data.transforms import eval_transform
 

@@ -7,7 +7,7 @@ adversarial view vs the momentum projection of the first view), through the back
 ``"pgd"`` BN route, added to the loss.  The momentum encoder is copied after the backbone is
 routed, so ``update_momentum`` pairs parameters one to one.
 
-    python recipes/lightly/byol_adversarial_view.py --epochs 1 --limit 512 --width 16
+    python examples/lightly/byol_adversarial_view.py --epochs 1 --limit 512 --width 16
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch.utils.data import DataLoader
 
-from advcl_plugin import cifar_resnet18, export_bn_route
+from advcl_plugin import PAPER_FINETUNE, cifar_resnet18, export_bn_route
 from advcl_plugin.data import load_dataset
 from advcl_plugin.data.transforms import eval_transform, original_view_transform
 from advcl_plugin.lightly import AdvCLTransform, AdversarialView, robust_linear_evaluation
@@ -103,7 +103,8 @@ def main() -> None:
     test = load_dataset(args.dataset, "test", download=args.download, transform=eval_transform())
     metrics = robust_linear_evaluation(
         backbone, backbone.feature_dim, train.num_classes, train.with_transform(original_view_transform(32)), test,
-        epochs=args.linear_epochs, batch_size=256, milestones=(args.linear_epochs,), samples=args.test_samples,
+        PAPER_FINETUNE.replace(epochs=args.linear_epochs, batch_size=256, milestones=[args.linear_epochs]),
+        samples=args.test_samples,
         aa_samples=args.aa_samples, progress=False,
     )  # fmt: skip
     metrics_out = {k: float(trainer.callback_metrics[k]) for k in ("loss", "byol", "adversarial_view")}

@@ -8,7 +8,7 @@ which parts ran, failed or were skipped, so a check cut short by its time limit 
 
 1. **Training step** at width 64, batch 512: the authors'-loop stand-in (fp32), the optimised step
    (fp32), bf16 autocast + channels_last, and, separately guarded, the same with ``torch.compile``;
-   images/s, peak memory, share of the card's bf16 peak (:mod:`advcl_plugin.tools.bench`).
+   images/s, peak memory, share of the card's bf16 peak (:mod:`benchmarks.bench`).
 2. **Largest batch** that fits (doubling from 512) for bf16 + channels_last; an allocation failure of
    the allocator, cuBLAS or cuDNN ends the doubling.
 3. **Data path**: AdvCL's three views made by one CPU process (views/s per data-loader worker, workers
@@ -50,7 +50,7 @@ from advcl_plugin._io import atomic_write_text
 from advcl_plugin.core.methods import build_config
 from advcl_plugin.core.objective import AdvCLObjective
 from advcl_plugin.core.resnet import build_backbone
-from advcl_plugin.tools.bench import BenchConfig, StepConfig, format_table, run_bench
+from benchmarks.bench import BenchConfig, StepConfig, format_table, run_bench
 
 __all__ = ["PARTS", "DeviceCheckConfig", "format_markdown", "is_allocation_failure", "run_device_check"]
 
@@ -145,7 +145,7 @@ def is_allocation_failure(error: BaseException) -> bool:
 def step_figures(check: DeviceCheckConfig) -> dict[str, Any]:
     """Part 1: the three step configurations at ``batch_size``; then, guarded on its own, the compiled one."""
     configs = [
-        StepConfig("advcl naive fp32", naive=True),
+        StepConfig("advcl authors-loop fp32", authors_loop=True),
         StepConfig("advcl optimised fp32"),
         StepConfig("advcl optimised bf16+cl", precision="bf16", channels_last=True),
     ]
@@ -174,7 +174,7 @@ def step_figures(check: DeviceCheckConfig) -> dict[str, Any]:
 def largest_batch(check: DeviceCheckConfig) -> dict[str, Any]:
     """Part 2: double the batch of the bf16 + channels_last step from ``batch_size`` until an allocation fails
     (or ``max_batch_size``); time one step at the largest that fits."""
-    from advcl_plugin.tools.bench import _Step
+    from benchmarks.bench import _Step
 
     config = StepConfig("advcl optimised bf16+cl", precision="bf16", channels_last=True)
     batch, fitted, seconds, stopped = check.batch_size, None, None, "reached the limit tried"

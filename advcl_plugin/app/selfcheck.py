@@ -7,6 +7,7 @@ Run it with ``advcl selfcheck`` (see ``--help``).  It needs either the offline c
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -23,18 +24,16 @@ from advcl_plugin.data import (
     pseudo_labels_for,
     resolve_pseudo_label_path,
 )
-from advcl_plugin.tools.reference_objective import ReferenceAdvCLObjective
+from advcl_plugin.data.arguments import add_data_arguments
+from advcl_plugin.testing import AuthorsLoopObjective
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dataset",
-        default=None,
-        help="dataset name (default: cifar10-offline if the offline copy is found, else cifar10)",
+    add_data_arguments(
+        parser,
+        dataset_required=False,
+        dataset_help="dataset name (default: cifar10-offline if the offline copy is found, else cifar10)",
     )
-    parser.add_argument("--data-dir", default=None, help="folder of the offline .npz files (default: $ADVCL_DATA_DIR)")
-    parser.add_argument("--root", default="./data", help="torchvision dataset root")
-    parser.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10")
     parser.add_argument(
         "--pseudo-labels", default=None, help="pseudo-label .npz (default: the reference file in the data dir)"
     )
@@ -42,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=16, help="ResNet-18 width (64 = the paper's)")
     parser.add_argument("--lr", type=float, default=0.5 * 64 / 512, help="SGD learning rate")
-    parser.add_argument("--naive", action="store_true", help="use the authors' attack loop")
+    parser.add_argument(
+        "--authors-loop", action="store_true", help="compute the objective as the authors' loop does (the oracle)"
+    )
+    parser.add_argument("--naive", action="store_true", help=argparse.SUPPRESS)  # deprecated: --authors-loop
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -69,7 +71,9 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
         labels = pseudo_labels_for(dataset, label_path, PAPER.ks)
         print(f"pseudo labels: {label_path.name} -> {tuple(labels.shape)} for K = {list(PAPER.ks)}")
 
-    objective_class = ReferenceAdvCLObjective if args.naive else AdvCLObjective
+    if args.naive:
+        print("advcl selfcheck: --naive is deprecated, use --authors-loop", file=sys.stderr)
+    objective_class = AuthorsLoopObjective if args.authors_loop or args.naive else AdvCLObjective
     objective = objective_class(cifar_resnet18(width=args.width), PAPER.replace(use_pseudo_labels=labels is not None))
     optimizer = torch.optim.SGD(objective.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
     loader = DataLoader(IndexedDataset(dataset), batch_size=args.batch_size, shuffle=True, drop_last=True)

@@ -8,7 +8,7 @@ ends in a BatchNorm, so it is not AdvCL's head) and ``PseudoLabelHeads``.  After
 backbone's adversarial BN route is evaluated with lightly's ``LinearClassifier`` (SLF) and PGD /
 AutoAttack.
 
-    python recipes/lightly/advcl_lightly.py --epochs 1 --limit 512 --width 16
+    python examples/lightly/advcl_lightly.py --epochs 1 --limit 512 --width 16
 
 Data: the exact-pixel CIFAR-10 copy from $ADVCL_DATA_DIR (``--dataset cifar10-offline``, the
 default) or torchvision's CIFAR-10 (``--dataset cifar10 --download``). Pseudo labels: the
@@ -26,7 +26,7 @@ import torch
 from lightly.data import LightlyDataset
 from torch.utils.data import DataLoader
 
-from advcl_plugin import PAPER, AdvCLObjective, cifar_resnet18, export_bn_route
+from advcl_plugin import PAPER, PAPER_FINETUNE, AdvCLObjective, cifar_resnet18, export_bn_route
 from advcl_plugin.data import load_dataset, pseudo_labels_for
 from advcl_plugin.data.transforms import eval_transform, original_view_transform
 from advcl_plugin.lightly import AdvCLTransform, robust_linear_evaluation
@@ -85,7 +85,8 @@ def main() -> None:
     test = load_dataset(args.dataset, "test", download=args.download, transform=eval_transform())
     metrics = robust_linear_evaluation(
         backbone, backbone.feature_dim, train.num_classes, train.with_transform(original_view_transform(32)), test,
-        epochs=args.linear_epochs, batch_size=256, milestones=(args.linear_epochs,), samples=args.test_samples,
+        PAPER_FINETUNE.replace(epochs=args.linear_epochs, batch_size=256, milestones=[args.linear_epochs]),
+        samples=args.test_samples,
         aa_samples=args.aa_samples, progress=False,
     )  # fmt: skip
     result = {

@@ -1,4 +1,5 @@
-"""``advcl bench``: time AdvCL's training step (optimised vs the authors' naive loop, fp32 vs bf16,
+"""The timing benchmark of this repository (``python -m benchmarks bench``, or ``advcl bench`` in a source
+checkout): time AdvCL's training step (optimised vs the authors' loop, fp32 vs bf16,
 channels_last, torch.compile) and SimCLR's, interleaved in one run on one machine.
 
 A *step* is what one training batch costs: the attack (PGD), the loss, the backward pass and an
@@ -28,7 +29,14 @@ from advcl_plugin._platform import compile_backbone, cpu_has_native_bf16
 from advcl_plugin.core.methods import build_config
 from advcl_plugin.core.objective import AdvCLObjective
 from advcl_plugin.core.resnet import build_backbone
-from advcl_plugin.tools.reference_objective import ReferenceAdvCLObjective
+from advcl_plugin.testing import AuthorsLoopObjective
+
+
+def _with_repository_root() -> str:
+    """``PYTHONPATH`` with this repository's root first, so that a child process finds ``benchmarks``."""
+    root = str(Path(__file__).resolve().parents[1])
+    return os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+
 
 __all__ = ["BenchConfig", "attack_precision_check", "cpu_has_native_bf16", "run_bench"]
 #: dense bf16 tensor-core peaks (TFLOP/s) for the share-of-peak column
@@ -41,7 +49,7 @@ class StepConfig:
 
     name: str
     method: str = "advcl"
-    naive: bool = False
+    authors_loop: bool = False  # the authors' loop (advcl_plugin.testing.AuthorsLoopObjective)
     precision: str = "fp32"  # or "bf16" (autocast)
     channels_last: bool = False
     compile: bool = False
@@ -64,13 +72,13 @@ class BenchConfig:
 
 def default_configs(bf16: bool = True, compile_: bool = False) -> list[StepConfig]:
     configs = [
-        StepConfig("advcl naive fp32", naive=True),
+        StepConfig("advcl authors-loop fp32", authors_loop=True),
         StepConfig("advcl optimised fp32"),
         StepConfig("simclr fp32", method="simclr"),
     ]
     if bf16:
         configs += [
-            StepConfig("advcl naive bf16+cl", naive=True, precision="bf16", channels_last=True),
+            StepConfig("advcl authors-loop bf16+cl", authors_loop=True, precision="bf16", channels_last=True),
             StepConfig("advcl optimised bf16+cl", precision="bf16", channels_last=True),
             StepConfig("simclr bf16+cl", method="simclr", precision="bf16", channels_last=True),
         ]
@@ -110,7 +118,7 @@ class _Step:
     def __init__(self, config: StepConfig, bench: BenchConfig) -> None:
         torch.manual_seed(bench.seed)
         self.config, self.device = config, torch.device(bench.device)
-        objective_class = ReferenceAdvCLObjective if config.naive else AdvCLObjective
+        objective_class = AuthorsLoopObjective if config.authors_loop else AdvCLObjective
         self.objective = objective_class(
             build_backbone(bench.arch, bench.width), build_config(config.method, config.objective_kwargs)
         )
@@ -178,10 +186,10 @@ def _peak_memory_mb(config: StepConfig, bench: BenchConfig) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     payload = json.dumps({"config": asdict(config), "bench": {**asdict(bench), "configs": []}})
     result = subprocess.run(
-        [sys.executable, "-m", "advcl_plugin.tools.bench", "--memory-probe", payload],
+        [sys.executable, "-m", "benchmarks.bench", "--memory-probe", payload],
         capture_output=True,
         text=True,
-        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "PYTHONPATH": _with_repository_root()},
     )
     if result.returncode != 0:
         return float("nan")
@@ -275,7 +283,7 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
     flop_counts: dict[tuple[str, bool, str], float] = {}  # precision and memory layout do not change the count
     for config in bench.configs:
         median = statistics.median(times[config.name])
-        math_key = (config.method, config.naive, json.dumps(config.objective_kwargs, sort_keys=True))
+        math_key = (config.method, config.authors_loop, json.dumps(config.objective_kwargs, sort_keys=True))
         if math_key not in flop_counts:
             flop_counts[math_key] = steps[config.name].flops()
         flops = flop_counts[math_key]
@@ -294,11 +302,12 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
     by_name = {row["config"]: row for row in rows}
     ratios = {}
     for precision in ("fp32", "bf16+cl"):
-        naive, optimised, simclr = (
-            by_name.get(f"{k} {precision}") for k in ("advcl naive", "advcl optimised", "simclr")
+        authors_loop, optimised, simclr = (
+            by_name.get(f"{k} {precision}") for k in ("advcl authors-loop", "advcl optimised", "simclr")
         )
-        if naive and optimised:
-            ratios[f"optimised vs naive ({precision})"] = naive["median_step_s"] / optimised["median_step_s"]
+        if authors_loop and optimised:
+            ratio = authors_loop["median_step_s"] / optimised["median_step_s"]
+            ratios[f"optimised vs authors-loop ({precision})"] = ratio
         if optimised and simclr:
             ratios[f"advcl optimised / simclr step ({precision})"] = (
                 optimised["median_step_s"] / simclr["median_step_s"]
@@ -307,8 +316,8 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
         ratios["bf16+cl optimised vs fp32 optimised"] = (
             by_name["advcl optimised fp32"]["median_step_s"] / by_name["advcl optimised bf16+cl"]["median_step_s"]
         )
-        ratios["bf16+cl optimised vs fp32 naive"] = (
-            by_name["advcl naive fp32"]["median_step_s"] / by_name["advcl optimised bf16+cl"]["median_step_s"]
+        ratios["bf16+cl optimised vs fp32 authors-loop"] = (
+            by_name["advcl authors-loop fp32"]["median_step_s"] / by_name["advcl optimised bf16+cl"]["median_step_s"]
         )
     for precision in ("fp32", "bf16+cl"):
         plain, compiled = (
@@ -374,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "--memory-probe":
         _memory_probe(argv[1])
         return
-    raise SystemExit("use `advcl bench`")
+    raise SystemExit("use `python -m benchmarks` (or `advcl bench` in a source checkout)")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ eps-ball around ``x`` that maximises the KL term (signed-gradient steps from ``x
 Gaussian start).  The benchmark finds ``x'`` with the network in eval mode and computes the
 loss in train mode; :class:`advcl_plugin.lightly.AdversarialFinetuneClassifier` does the same.
 
-Example:
+Examples:
     >>> import torch
-    >>> from advcl_plugin.core.trades import trades_kl_attack, trades_loss
+    >>> from advcl_plugin.evaluation.trades import trades_kl_attack, trades_loss
     >>> net = torch.nn.Linear(12, 3)
     >>> x, y = torch.rand(5, 12), torch.randint(0, 3, (5,))
     >>> x_adv = trades_kl_attack(net, x, eps=8 / 255, steps=3)

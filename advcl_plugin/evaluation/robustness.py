@@ -6,10 +6,10 @@ Metrics are computed on N evenly spaced images of a loader (deterministic), and 
 also reported on the AutoAttack subset so that ``AA <= RA <= SA`` can be checked on the same
 images.
 
-Example:
+Examples:
     >>> import torch
     >>> from torch.utils.data import DataLoader, TensorDataset
-    >>> from advcl_plugin.core.robustness import pgd_accuracy
+    >>> from advcl_plugin.evaluation.robustness import pgd_accuracy
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
     >>> loader = DataLoader(TensorDataset(torch.rand(16, 3, 8, 8), torch.randint(0, 4, (16,))), batch_size=8)
     >>> clean, robust = pgd_accuracy(model, loader, eps=8 / 255, steps=5, step_size=2 / 255, progress=False)

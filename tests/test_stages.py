@@ -238,6 +238,7 @@ def test_report_tells_the_seeds_of_one_method_apart(tmp_path):
     assert "| advcl | authors | — / 30.00 (15.00) |" in markdown  # one seed: the method's name alone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_killed_run_resumes_to_the_same_weights(tmp_path, data_dir, workers):
     """SIGKILL mid-run, resume: bit for bit the uninterrupted run's weights, with any number of workers
