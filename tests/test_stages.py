@@ -212,6 +212,7 @@ def test_robustness_checks_name_the_violation(tmp_path):
         "aa_samples": 10, "ra_vs_eps": {"2/255": 0.6, "8/255": 0.4}, "ra_vs_steps": {"1": 0.5, "20": 0.4},
     }  # fmt: skip
     assert robustness_checks(good) == []
+    assert robustness_checks(good | {"aa": 0.006000000052154064, "ra_aa_subset": 0.006, "aa_samples": 500}) == []
     bad = good | {"aa": 0.45, "ra_vs_eps": {"2/255": 0.3, "8/255": 0.4}, "ra_vs_steps": {"1": 0.3, "20": 0.5}}
     problems = robustness_checks(bad)
     assert any("AA 0.4500 > RA 0.4000" in p for p in problems)
