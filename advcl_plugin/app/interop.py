@@ -25,7 +25,6 @@ from advcl_plugin.core.pixels import INPUT_NORMALIZATIONS, NormalizedEncoder
 from advcl_plugin.core.resnet import build_backbone
 
 __all__ = [
-    "FOREIGN_SOURCES",
     "ROBUSTSSL_ROUTES",
     "describe_encoder",
     "external_encoder",
@@ -47,8 +46,6 @@ def describe_encoder(arch: str, width: int, feature_dim: int, route: str | None,
     return {"arch": arch, "width": width, "feature_dim": feature_dim, "route": route, "method": method, **more}
 
 
-#: other tools' formats, in the order ``--source-format auto`` tells them apart (after this package's own)
-FOREIGN_SOURCES = ("robustssl", "solo", "torchvision", "timm")
 #: BN route names of dual-BN checkpoints in the RobustSSL benchmark's format (``bn_list.0``, ``bn_list.1``)
 ROBUSTSSL_ROUTES = {"normal": 0, "pgd": 1}
 

@@ -177,10 +177,6 @@ class EvalConfig(EvaluationProtocol):
             _positive(f"{at}.steps_sweep", steps, allow_zero=True)
         return self
 
-    def protocol(self) -> EvaluationProtocol:
-        """The attacks' settings (this section without the lab's fields)."""
-        return self.as_schedule(EvaluationProtocol)
-
 
 @dataclass
 class Recipe:

@@ -35,7 +35,7 @@ def _schedule(given: FinetuneSchedule | None, default: FinetuneSchedule, changes
     schedule = given if given is not None else default
     if given is not None and not isinstance(given, FinetuneSchedule):
         raise TypeError(f"schedule must be a FinetuneSchedule, got {type(given).__name__}")
-    return schedule.replace(**changes) if changes else schedule.replace()
+    return schedule.replace(**changes)  # a validated copy: the caller's object is never shared
 
 
 class _RobustMixin:
